@@ -1,0 +1,95 @@
+"""Every default of a dpjax run, one commented field per line.
+
+Other configs start from this one and change what they need. Fields are read
+strictly (no hidden defaults in code); `dpjax.configuration.validate` checks
+each one and names the field in its error.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0                      # Seeds init, sampling, noise, dropout.
+
+  # ---- Model ----
+  config.model = ml_collections.ConfigDict()
+  config.model.family = 'llama'        # llama | qwen2 | bitnet | gpt2 | bert | roberta
+  config.model.init = 'random'         # random | hf (local folder) | gguf (local file)
+  config.model.path = ''               # Folder (hf) or file (gguf); '' for random.
+  config.model.vocab_size = 258        # Random init only (pretrained: from the file).
+  config.model.hidden_size = 64
+  config.model.intermediate_size = 128
+  config.model.num_layers = 2
+  config.model.num_heads = 4
+  config.model.num_kv_heads = 2
+  config.model.head_dim = 16
+  config.model.rope_theta = 10000.0
+  config.model.rms_norm_eps = 1e-6
+  config.model.qkv_bias = False        # True for Qwen2.
+  config.model.tie_embeddings = False
+  config.model.max_position_embeddings = 512
+  config.model.dropout_rate = 0.0      # Per-example dropout keys when > 0.
+  config.model.dtype = 'float32'       # Compute dtype.
+  config.model.param_dtype = 'float32'
+  config.model.remat = False
+
+  # ---- Which parameters train ----
+  config.peft = ml_collections.ConfigDict()
+  config.peft.mode = 'full'            # full | lora | bias_only | norms
+  config.peft.lora_rank = 4
+  config.peft.lora_alpha = 8.0
+  config.peft.lora_targets = r'.*self_attn/(q|v)_proj.*'
+
+  # ---- Data ----
+  config.data = ml_collections.ConfigDict()
+  config.data.corpus = 'shakespeare'   # shakespeare (embedded)
+  config.data.tokenizer = 'byte'       # byte | model (the pretrained model's own)
+  config.data.seq_len = 64             # Tokens per record (one packed sequence).
+  config.data.heldout_works = ('twelfth_night', 'antony_and_cleopatra', 'richard_ii')
+  config.data.max_train_records = 0    # 0: all. Else the first K records (public choice).
+  config.data.max_eval_records = 256   # Held-out records used for evaluation.
+  config.data.eval_batch_size = 64
+
+  # ---- Differential privacy ----
+  config.dp = ml_collections.ConfigDict()
+  config.dp.enabled = True             # False: non-private baseline (no clip, no noise).
+  config.dp.target_epsilon = 8.0       # Calibrate sigma for this epsilon (if noise_multiplier < 0).
+  config.dp.noise_multiplier = -1.0    # sigma >= 0 to fix it; < 0 to calibrate.
+  config.dp.delta = 1e-5               # Must be < 1/N.
+  config.dp.l2_clip_norm = 1.0         # Flat per-example clip norm C.
+  config.dp.accountant = 'pld'         # Calibrates and reports epsilon so far: pld | rdp | edgeworth
+  config.dp.report_accountants = ('pld', 'rdp', 'edgeworth')  # Final report.
+  config.dp.sampling = 'poisson'       # poisson | shuffle (fixed-size; no amplification claimed)
+
+  # ---- Optimisation ----
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 100
+  config.train.batch_size = 64         # Expected batch size B = qN (Poisson) or fixed (shuffle).
+  config.train.max_batch_size = 96     # Static padded shape B_max; draws above it use 2 chunks.
+  config.train.microbatch_size = 8     # Per-example gradients computed m at a time.
+  config.train.optimizer = 'adamw'     # adamw | adam | sgd
+  config.train.learning_rate = 1e-3
+  config.train.warmup_steps = 0
+  config.train.b1 = 0.9
+  config.train.b2 = 0.999
+  config.train.eps = 1e-8
+  config.train.weight_decay = 0.0
+  config.train.momentum = 0.0          # sgd only.
+  config.train.ema_decay = 0.9         # EMA of parameters used for evaluation/export.
+  config.train.log_every = 10
+  config.train.eval_every = 50
+  config.train.checkpoint_every = 50
+  config.train.keep_checkpoints = 2
+
+  # ---- Devices ----
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1                # Devices on the batch axis (-1: all left).
+  config.mesh.model = 1                # Devices on the parameter axis.
+  config.sharding_rules = ()           # ((regex over param path, ('model', None)), ...)
+
+  # ---- Outputs ----
+  config.export = ml_collections.ConfigDict()
+  config.export.formats = ()           # hf | gguf (written with the EMA weights)
+  config.plot = True
+  return config

@@ -1,0 +1,3 @@
+"""dpjax: differentially private fine-tuning of language models in JAX/Flax."""
+
+__version__ = '0.1.0'

@@ -1,0 +1,141 @@
+"""Validation of run configs: every error names the field and what is valid.
+
+Checks run before anything touches JAX, so bad input never surfaces as a
+traceback from deep inside a jitted function, and a setting that would weaken
+the guarantee is refused rather than silently accepted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class ConfigError(ValueError):
+  """A config field is invalid. The message names the field."""
+
+  def __init__(self, field: str, problem: str, valid: str):
+    self.field = field
+    super().__init__(f'config.{field}: {problem}; valid: {valid}.')
+
+
+def _get(config, path: str) -> Any:
+  node = config
+  for part in path.split('.'):
+    try:
+      node = node[part]
+    except (KeyError, AttributeError) as e:
+      raise ConfigError(path, 'missing', 'see configs/default.py') from e
+  return node
+
+
+def _check(ok: bool, field: str, value: Any, valid: str) -> None:
+  if not ok:
+    raise ConfigError(field, f'got {value!r}', valid)
+
+
+def _choice(config, field: str, choices) -> str:
+  v = _get(config, field)
+  _check(v in choices, field, v, 'one of ' + ', '.join(map(repr, choices)))
+  return v
+
+
+def _number(config, field: str, lo=-math.inf, hi=math.inf, *, lo_open=False,
+            hi_open=False, integer=False) -> float:
+  v = _get(config, field)
+  is_num = isinstance(v, (int, float)) and not isinstance(v, bool)
+  if integer:
+    is_num = isinstance(v, int) and not isinstance(v, bool)
+  ok = is_num and not (isinstance(v, float) and math.isnan(v))
+  if ok:
+    ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+  lb = '(' if lo_open else '['
+  rb = ')' if hi_open else ']'
+  kind = 'an integer' if integer else 'a number'
+  _check(ok, field, v, f'{kind} in {lb}{lo}, {hi}{rb}')
+  return v
+
+
+def validate(config) -> None:
+  """Checks every field a run reads; raises ConfigError naming the first bad one."""
+  _number(config, 'seed', 0, integer=True)
+  _choice(config, 'model.family',
+          ('llama', 'qwen2', 'bitnet', 'gpt2', 'bert', 'roberta'))
+  init = _choice(config, 'model.init', ('random', 'hf', 'gguf'))
+  if init != 'random':
+    path = _get(config, 'model.path')
+    _check(isinstance(path, str) and path != '', 'model.path', path,
+           'a local folder (hf) or .gguf file path')
+  _number(config, 'model.dropout_rate', 0, 1, hi_open=True)
+  _choice(config, 'peft.mode', ('full', 'lora', 'bias_only', 'norms'))
+  if _get(config, 'peft.mode') == 'lora':
+    _number(config, 'peft.lora_rank', 1, integer=True)
+    _number(config, 'peft.lora_alpha', 0, lo_open=True)
+
+  _choice(config, 'data.corpus', ('shakespeare',))
+  _choice(config, 'data.tokenizer', ('byte', 'model'))
+  _number(config, 'data.seq_len', 2, integer=True)
+  _number(config, 'data.max_train_records', 0, integer=True)
+  _number(config, 'data.max_eval_records', 1, integer=True)
+  _number(config, 'data.eval_batch_size', 1, integer=True)
+
+  dp = _get(config, 'dp.enabled')
+  _check(isinstance(dp, bool), 'dp.enabled', dp, 'True or False')
+  _number(config, 'dp.delta', 0, 1, lo_open=True, hi_open=True)
+  _number(config, 'dp.l2_clip_norm', 0, lo_open=True)
+  sigma = _number(config, 'dp.noise_multiplier')
+  if sigma < 0:
+    _number(config, 'dp.target_epsilon', 0, lo_open=True)
+  _choice(config, 'dp.accountant', ('pld', 'rdp', 'edgeworth'))
+  for name in _get(config, 'dp.report_accountants'):
+    _check(name in ('pld', 'rdp', 'edgeworth'), 'dp.report_accountants',
+           name, "names among 'pld', 'rdp', 'edgeworth'")
+  _choice(config, 'dp.sampling', ('poisson', 'shuffle'))
+
+  steps = _number(config, 'train.steps', 1, integer=True)
+  batch = _number(config, 'train.batch_size', 0, lo_open=True)
+  max_batch = _number(config, 'train.max_batch_size', 1, integer=True)
+  micro = _number(config, 'train.microbatch_size', 1, integer=True)
+  _check(max_batch >= batch, 'train.max_batch_size', max_batch,
+         f'an integer >= train.batch_size ({batch})')
+  _check(max_batch % micro == 0, 'train.microbatch_size', micro,
+         f'a divisor of train.max_batch_size ({max_batch})')
+  if _get(config, 'dp.sampling') == 'shuffle':
+    _check(float(batch).is_integer() and max_batch == batch,
+           'train.max_batch_size', max_batch,
+           'equal to the integer train.batch_size under dp.sampling=shuffle')
+  _choice(config, 'train.optimizer', ('adamw', 'adam', 'sgd'))
+  _number(config, 'train.learning_rate', 0, lo_open=True)
+  _number(config, 'train.warmup_steps', 0, integer=True)
+  _number(config, 'train.b1', 0, 1, hi_open=True)
+  _number(config, 'train.b2', 0, 1, hi_open=True)
+  _number(config, 'train.eps', 0)
+  _number(config, 'train.weight_decay', 0)
+  _number(config, 'train.momentum', 0, 1, hi_open=True)
+  _number(config, 'train.ema_decay', 0, 1, hi_open=True)
+  for f in ('log_every', 'eval_every', 'checkpoint_every'):
+    _number(config, f'train.{f}', 1, integer=True)
+  _number(config, 'train.keep_checkpoints', 1, integer=True)
+  del steps
+
+  for axis in ('data', 'model'):
+    v = _get(config, f'mesh.{axis}')
+    _check(isinstance(v, int) and (v == -1 or v >= 1), f'mesh.{axis}', v,
+           '-1 (all remaining devices) or a positive integer')
+  for fmt in _get(config, 'export.formats'):
+    _check(fmt in ('hf', 'gguf'), 'export.formats', fmt, "'hf' or 'gguf'")
+
+
+def validate_against_data(config, dataset_size: int) -> None:
+  """Checks that need the dataset size N."""
+  batch = config.train.batch_size
+  if dataset_size < 1:
+    raise ConfigError('data', 'the training set is empty',
+                      'a corpus with at least one record')
+  _check(batch <= dataset_size, 'train.batch_size', batch,
+         f'at most the number of training records ({dataset_size})')
+  if config.dp.enabled:
+    delta = config.dp.delta
+    _check(delta < 1.0 / dataset_size, 'dp.delta', delta,
+           f'below 1/N = {1.0 / dataset_size:.3g} for N = {dataset_size} '
+           'records (a larger delta permits releasing a record outright)')

@@ -1,0 +1,140 @@
+"""Model, parameters, trainable/frozen split and losses from `config.model`.
+
+The trainer differentiates only the trainable leaves; the frozen ones are
+closed over inside the per-record loss, so they are never copied per
+example. `combine(trainable, frozen)` rebuilds the full parameter tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import optax
+
+from dpjax import models
+from dpjax.configuration import ConfigError
+
+PyTree = Any
+_NOT_MODEL_FIELDS = ('init', 'path')
+
+
+@dataclasses.dataclass
+class Model:
+  module: Any
+  config: Any
+  family: str
+  tokenizer: Any
+  trainable: PyTree
+  frozen: PyTree
+  combine: Callable[[PyTree, PyTree], PyTree]
+  loss_fn: Callable[..., jax.Array]
+  eval_fn: Callable[..., tuple[jax.Array, jax.Array]]
+
+
+def _random_init(config):
+  fields = {k: v for k, v in config.model.items()
+            if k not in _NOT_MODEL_FIELDS and k != 'family'}
+  module, model_cfg = models.build_model(config.model.family, **fields)
+  key = jax.random.fold_in(jax.random.key(config.seed), 7)
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  params = jax.jit(lambda k: module.init(k, tokens))(key)['params']
+  return module, model_cfg, params, None
+
+
+def _pretrained(config):
+  init, path = config.model.init, config.model.path
+  if not os.path.exists(path):
+    raise ConfigError('model.path', f'{path!r} does not exist (only local '
+                      'files and folders work: dpjax never downloads)',
+                      'a local Hugging Face folder or .gguf file')
+  if init == 'hf':
+    from dpjax.models import hf_io  # pylint: disable=g-import-not-at-top
+    family, model_cfg, params, tok = hf_io.load_hf_folder(path)
+  else:
+    from dpjax.models import gguf_io  # pylint: disable=g-import-not-at-top
+    family, model_cfg, params, tok = gguf_io.load_gguf(path)
+  overrides = {k: config.model[k] for k in ('dropout_rate', 'remat')
+               if hasattr(model_cfg, k)}
+  model_cfg = dataclasses.replace(model_cfg, **overrides)
+  module, model_cfg = models.build_model(
+      family, **{k: v for k, v in dataclasses.asdict(model_cfg).items()
+                 if k != 'family'})
+  params = jax.tree.map(jnp.asarray, params)
+  return module, model_cfg, params, tok
+
+
+def _split(config, params, key):
+  """(trainable, frozen, combine) for `config.peft.mode`."""
+  mode = config.peft.mode
+  if mode == 'full':
+    return params, {}, lambda t, f: t
+  from dpjax.models import peft  # pylint: disable=g-import-not-at-top
+  return peft.make_split(mode, params, key=key, rank=config.peft.lora_rank,
+                         alpha=config.peft.lora_alpha,
+                         targets=config.peft.lora_targets)
+
+
+def create(config) -> Model:
+  """Builds the model described by `config.model` and `config.peft`."""
+  if config.model.init == 'random':
+    module, model_cfg, params, tok = _random_init(config)
+  else:
+    module, model_cfg, params, tok = _pretrained(config)
+  family = getattr(model_cfg, 'family', config.model.family)
+  if config.data.tokenizer == 'model' and tok is None:
+    raise ConfigError('data.tokenizer', "'model' needs a pretrained model "
+                      'with a tokenizer', "'byte' for random-init models")
+  trainable, frozen, combine = _split(
+      config, params, jax.random.fold_in(jax.random.key(config.seed), 11))
+  dropout = getattr(model_cfg, 'dropout_rate', 0.0) > 0
+
+  def logits_of(full, inputs, key):
+    if dropout:
+      return module.apply({'params': full}, inputs, deterministic=False,
+                          rngs={'dropout': key})
+    return module.apply({'params': full}, inputs, deterministic=True)
+
+  def loss_fn(trainable, frozen, example, key):
+    """Mean next-token loss of ONE record (no batch axis)."""
+    logits = logits_of(combine(trainable, frozen), example['inputs'][None],
+                       key)[0]
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), example['targets'])
+    w = example['weights']
+    return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+  def eval_fn(full, batch):
+    logits = module.apply({'params': full}, batch['inputs'],
+                          deterministic=True)
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), batch['targets'])
+    w = batch['weights']
+    return jnp.sum(ce * w), jnp.sum(w)
+
+  n_train = sum(x.size for x in jax.tree.leaves(trainable))
+  n_all = n_train + sum(x.size for x in jax.tree.leaves(frozen))
+  logging.info('Model %s: %d parameters, %d trainable (%s)', family, n_all,
+               n_train, config.peft.mode)
+  return Model(module, model_cfg, family, tok, trainable, frozen, combine,
+               loss_fn, eval_fn)
+
+
+def export(config, model: Model, trainable, frozen, workdir: str) -> None:
+  """Writes the (EMA) weights in each of `config.export.formats`."""
+  if not config.export.formats:
+    return
+  params = jax.device_get(model.combine(trainable, frozen))
+  for fmt in config.export.formats:
+    if fmt == 'hf':
+      from dpjax.models import hf_io  # pylint: disable=g-import-not-at-top
+      hf_io.save_hf_folder(os.path.join(workdir, 'export', 'hf'), model.family,
+                           model.config, params, model.tokenizer)
+    elif fmt == 'gguf':
+      from dpjax.models import gguf_io  # pylint: disable=g-import-not-at-top
+      gguf_io.save_gguf(os.path.join(workdir, 'export', 'model.gguf'),
+                        model.family, model.config, params, model.tokenizer)

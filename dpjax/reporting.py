@@ -1,0 +1,99 @@
+"""The end-of-run privacy report (JSON and readable text), from the ledger.
+
+Every epsilon in it names its accountant, delta, sampling scheme and
+neighbouring relation, and is labelled 'upper bound' or 'estimate'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from dpjax.accounting import report as acc_report
+
+
+def build_report(plan, ledger, sampler, final: dict[str, Any],
+                 accountants=('pld', 'rdp', 'edgeworth'),
+                 extra_rows=None) -> dict[str, Any]:
+  """The report as a dict (what `report.json` holds)."""
+  out: dict[str, Any] = {
+      'private': plan.enabled,
+      'mechanism': {
+          'noise': 'gaussian' if plan.enabled else 'none',
+          'noise_multiplier': plan.noise_multiplier,
+          'l2_clip_norm': plan.l2_clip_norm,
+          'clipping': 'flat per-example L2',
+          'sampling': plan.sampling,
+          'sampling_rate_q': plan.q,
+          'expected_batch_size': plan.expected_batch_size,
+          'dataset_size': plan.dataset_size,
+          'steps': ledger.steps,
+          'neighbouring': plan.neighbouring,
+          'unit': ledger.unit,
+          'calibrated_for_epsilon': plan.calibrated_for_epsilon,
+          'calibration_accountant': plan.accountant,
+          'poisson_overflow_draws': getattr(sampler, 'overflows', 0),
+      },
+      'delta': plan.delta,
+      'evaluation': final,
+      'notes': [
+          'Training-loss, batch-size and clip-fraction metrics are computed '
+          'on private batches and are NOT privatized; do not publish them.',
+      ],
+  }
+  if plan.enabled:
+    out['privacy'] = acc_report.privacy_report(
+        ledger, plan.delta, accountants=tuple(accountants),
+        extra_rows=extra_rows)
+  else:
+    out['privacy'] = None
+    out['notes'].append('Non-private run: no privacy guarantee (epsilon = '
+                        'infinity).')
+  return out
+
+
+def format_text(report: dict[str, Any]) -> str:
+  m = report['mechanism']
+  lines = ['dpjax privacy report', '=' * 20]
+  if report['private']:
+    lines.append(acc_report.format_report(report['privacy']))
+  else:
+    lines.append('NON-PRIVATE RUN: epsilon = infinity (no guarantee).')
+  lines += ['', 'Mechanism:'] + [f'  {k}: {v}' for k, v in m.items()]
+  lines += ['', 'Held-out evaluation (nats/token):']
+  lines += [f'  {k}: {v}' for k, v in report['evaluation'].items()]
+  lines += [''] + [f'Note: {n}' for n in report['notes']]
+  return '\n'.join(lines) + '\n'
+
+
+def write_report(workdir: str, plan, ledger, sampler, final,
+                 accountants=('pld', 'rdp', 'edgeworth'),
+                 extra_rows=None) -> dict[str, Any]:
+  """Writes `privacy_report.json` and `privacy_report.txt`; returns the dict."""
+  report = build_report(plan, ledger, sampler, final, accountants, extra_rows)
+  _atomic_write(os.path.join(workdir, 'privacy_report.json'),
+                json.dumps(report, indent=2, default=_default))
+  text = format_text(report)
+  _atomic_write(os.path.join(workdir, 'privacy_report.txt'), text)
+  print(text, flush=True)
+  return report
+
+
+def _default(o):
+  if dataclasses.is_dataclass(o):
+    return dataclasses.asdict(o)
+  try:
+    return float(o)
+  except (TypeError, ValueError):
+    return str(o)
+
+
+def _atomic_write(path: str, text: str) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)

@@ -1,0 +1,281 @@
+"""Training loop: builds everything from the config once, then runs.
+
+Nothing below `train_and_evaluate` sees the whole ConfigDict: the config is
+read here and turned into typed objects (model, sampler, DP chain, ledger).
+
+Resume order: the latest checkpoint in `workdir/checkpoints` if any, else a
+fresh start from `config.model.init`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dpjax import checkpointing
+from dpjax import configuration
+from dpjax import input_pipeline
+from dpjax import metrics as metrics_lib
+from dpjax import model_setup
+from dpjax import optimizers
+from dpjax import reporting
+from dpjax import sampling
+from dpjax import sharding
+from dpjax import steps as steps_lib
+from dpjax.accounting import calibration
+from dpjax.accounting import get_accountant
+from dpjax.accounting import ledger as ledger_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyPlan:
+  """The mechanism a run applies at every step (public parameters)."""
+  enabled: bool
+  sampling: str           # 'poisson' | 'shuffle'
+  neighbouring: str       # 'add_remove' | 'replace_one'
+  dataset_size: int
+  expected_batch_size: float
+  q: float
+  noise_multiplier: float
+  l2_clip_norm: float
+  delta: float
+  accountant: str
+  calibrated_for_epsilon: float | None
+
+
+def plan_privacy(config, dataset_size: int) -> PrivacyPlan:
+  """Resolves sigma (given or calibrated) for the run's sampling scheme."""
+  dp = config.dp
+  batch = float(config.train.batch_size)
+  q = batch / dataset_size
+  neighbouring = 'add_remove' if dp.sampling == 'poisson' else 'replace_one'
+  if not dp.enabled:
+    return PrivacyPlan(False, dp.sampling, neighbouring, dataset_size, batch,
+                       q, 0.0, math.inf, dp.delta, dp.accountant, None)
+  sigma = float(dp.noise_multiplier)
+  target = None
+  if sigma < 0:
+    target = float(dp.target_epsilon)
+    accountant = get_accountant(dp.accountant)
+    steps = config.train.steps
+    try:
+      if dp.sampling == 'poisson':
+        sigma = calibration.calibrate_sigma(
+            accountant, target_epsilon=target, delta=dp.delta, q=q,
+            steps=steps, neighbouring=neighbouring)
+      else:
+        # Fixed-size shuffled batches: one full-batch Gaussian per epoch an
+        # example takes part in, at replace-one sensitivity 2C.
+        epochs = math.ceil(steps / max(1, dataset_size // int(batch)))
+        sigma = 2.0 * calibration.calibrate_sigma(
+            accountant, target_epsilon=target, delta=dp.delta, q=1.0,
+            steps=epochs, neighbouring='add_remove')
+    except ValueError as e:
+      raise configuration.ConfigError(
+          'dp.target_epsilon', f'{target} cannot be reached with '
+          f'{steps} steps at q={q:.4g}, delta={dp.delta} ({e})',
+          'a larger target, fewer steps or a smaller batch') from e
+  return PrivacyPlan(True, dp.sampling, neighbouring, dataset_size, batch, q,
+                     sigma, float(dp.l2_clip_norm), float(dp.delta),
+                     dp.accountant, target)
+
+
+def _fingerprint(plan: PrivacyPlan, config) -> str:
+  """Hash of everything a resumed run must share with the saved one."""
+  keys = dict(dataclasses.asdict(plan))
+  keys.update(seed=config.seed, max_batch=config.train.max_batch_size,
+              steps=config.train.steps)
+  return hashlib.sha256(json.dumps(keys, sort_keys=True,
+                                   default=str).encode()).hexdigest()[:16]
+
+
+def _make_sampler(config, plan: PrivacyPlan, seed: int):
+  if plan.sampling == 'poisson':
+    return sampling.PoissonSampler(plan.dataset_size, plan.expected_batch_size,
+                                   config.train.max_batch_size, seed)
+  return sampling.ShuffleSampler(plan.dataset_size,
+                                 int(config.train.batch_size), seed)
+
+
+def _schedule(config):
+  lr, warm = config.train.learning_rate, config.train.warmup_steps
+  if warm:
+    return optax.linear_schedule(0.0, lr, warm)
+  return lr
+
+
+def evaluate(eval_fn, params_full, heldout: dict[str, np.ndarray],
+             batch_size: int, batch_sh) -> float:
+  """Mean held-out loss per counted token."""
+  n = next(iter(heldout.values())).shape[0]
+  total, count = 0.0, 0.0
+  for start in range(0, n, batch_size):
+    chunk = {k: v[start:start + batch_size] for k, v in heldout.items()}
+    pad = batch_size - next(iter(chunk.values())).shape[0]
+    if pad:
+      chunk = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+               for k, v in chunk.items()}
+    chunk = jax.device_put(chunk, batch_sh)
+    s, c = eval_fn(params_full, chunk)
+    total += float(s)
+    count += float(c)
+  return total / max(count, 1.0)
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) one DP training run; returns the final summary."""
+  configuration.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  model = model_setup.create(config)
+  tokenizer = model.tokenizer if config.data.tokenizer == 'model' else None
+  data = input_pipeline.build(config.data, tokenizer)
+  configuration.validate_against_data(config, data.train_size)
+  plan = plan_privacy(config, data.train_size)
+
+  root = jax.random.key(config.seed)
+  noise_key, dropout_key, sample_seed_key = jax.random.split(root, 3)
+  sample_seed = int(jax.random.randint(sample_seed_key, (), 0, 2**31 - 1))
+  sampler = _make_sampler(config, plan, sample_seed)
+  ledger = ledger_lib.PrivacyLedger(
+      sampling=plan.sampling, neighbouring=plan.neighbouring, unit=data.unit,
+      dataset_size=plan.dataset_size,
+      batch_size=int(math.ceil(plan.expected_batch_size)))
+
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+  n_data = mesh.shape['data']
+  if config.train.max_batch_size % n_data:
+    raise configuration.ConfigError(
+        'train.max_batch_size', f'{config.train.max_batch_size} is not '
+        f'divisible by the {n_data} devices on the data axis',
+        f'a multiple of {n_data}')
+  batch_sh = sharding.batch_sharding(mesh)
+  repl = sharding.replicated(mesh)
+
+  stages = optimizers.dp_stages(
+      l2_clip_norm=plan.l2_clip_norm if plan.enabled else 1.0,
+      noise_multiplier=plan.noise_multiplier,
+      expected_batch_size=plan.expected_batch_size,
+      learning_rate=_schedule(config), key=noise_key,
+      optimizer=config.train.optimizer, b1=config.train.b1,
+      b2=config.train.b2, eps=config.train.eps,
+      weight_decay=config.train.weight_decay, momentum=config.train.momentum,
+      ema_decay=config.train.ema_decay)
+  if not plan.enabled:
+    stages = stages._replace(noise=optax.identity())
+  tx = optimizers.chain(stages)
+  state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32),
+                               trainable=model.trainable,
+                               opt_state=tx.init(model.trainable))
+  rules = tuple(tuple(r) for r in config.sharding_rules)
+  state = jax.device_put(state, sharding.param_shardings(state, mesh, rules))
+  frozen = jax.device_put(model.frozen,
+                          sharding.param_shardings(model.frozen, mesh, rules))
+
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                    config.train.keep_checkpoints)
+  fingerprint = _fingerprint(plan, config)
+  start = ckpt.latest_step() or 0
+  if start:
+    state, meta = ckpt.restore(start, state)
+    if meta['fingerprint'] != fingerprint:
+      raise configuration.ConfigError(
+          'dp', f'workdir {workdir} holds a run with other privacy or '
+          'sampling parameters', 'the same config as the saved run, or a '
+          'new --workdir')
+    sampler.set_state(meta['sampler'])
+    ledger = ledger_lib.PrivacyLedger.from_dict(meta['ledger'])
+    logging.info('Resumed from step %d', start)
+
+  train_step = jax.jit(
+      steps_lib.make_train_step(model.loss_fn, optimizers.post_clip(stages),
+                                l2_clip_norm=stages_clip(plan),
+                                microbatch_size=config.train.microbatch_size,
+                                private=plan.enabled),
+      donate_argnums=(0,))
+  eval_fn = jax.jit(model.eval_fn)
+  accountant = get_accountant(plan.accountant) if plan.enabled else None
+
+  def epsilon_so_far() -> float:
+    if not plan.enabled:
+      return math.inf
+    if ledger.steps == 0:
+      return 0.0
+    return float(accountant.epsilon(ledger.accountable_phases(), plan.delta))
+
+  writer = metrics_lib.MetricsWriter(os.path.join(workdir, 'metrics.jsonl'),
+                                     resume_step=start)
+  progress = metrics_lib.Progress(config.train.steps, start)
+  total_steps = config.train.steps
+  dropout_key = jax.device_put(dropout_key, repl)
+
+  def run_eval(step):
+    ev = evaluate_both(model, state, frozen, data, config, eval_fn, batch_sh)
+    writer.write(step, ev)
+    return ev
+
+  if start == 0:
+    first = run_eval(0)
+    writer.write(0, {'epsilon': 0.0})
+    logging.info('Initial held-out loss %.4f', first['eval_loss'])
+
+  for step in range(start + 1, total_steps + 1):
+    idx, mask = sampler.draw()
+    batch = {k: v[idx] for k, v in data.train.items()}
+    batch, mask_d = jax.device_put((batch, mask.astype(np.float32)), batch_sh)
+    state, m = train_step(state, frozen, batch, mask_d, dropout_key)
+    if plan.enabled:
+      ledger.record(plan.q, plan.noise_multiplier)
+    if step % config.train.log_every == 0 or step == total_steps:
+      m = jax.device_get(m)
+      if not np.isfinite(m['train_loss']):
+        raise FloatingPointError(f'non-finite training loss at step {step}')
+      eps = epsilon_so_far()
+      writer.write(step, dict(m, epsilon=eps))
+      progress.line(step, float(m['train_loss']), eps, plan.accountant)
+    if step % config.train.eval_every == 0 or step == total_steps:
+      run_eval(step)
+    if step % config.train.checkpoint_every == 0 or step == total_steps:
+      ckpt.save(step, state, {
+          'fingerprint': fingerprint, 'sampler': sampler.get_state(),
+          'ledger': ledger.to_dict(), 'plan': dataclasses.asdict(plan)})
+  ckpt.wait()
+
+  final = evaluate_both(model, state, frozen, data, config, eval_fn, batch_sh)
+  recs = metrics_lib.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  final['eval_loss_initial'] = next(
+      (r['eval_loss'] for r in recs if r['step'] == 0 and 'eval_loss' in r),
+      None)
+  report = reporting.write_report(workdir, plan, ledger, sampler, final,
+                                  accountants=config.dp.report_accountants)
+  writer.close()
+  ckpt.close()
+  if config.plot:
+    metrics_lib.plot_run(os.path.join(workdir, 'metrics.jsonl'),
+                         os.path.join(workdir, 'training.png'))
+  model_setup.export(config, model, steps_lib.ema_trainable(state), frozen,
+                     workdir)
+  return {'state': state, 'frozen': frozen, 'report': report, 'final': final,
+          'plan': plan, 'ledger': ledger}
+
+
+def stages_clip(plan: PrivacyPlan) -> float:
+  return plan.l2_clip_norm if plan.enabled else 1.0
+
+
+def evaluate_both(model, state, frozen, data, config, eval_fn, batch_sh):
+  """Held-out loss of the raw and of the EMA weights."""
+  def ev(trainable):
+    return evaluate(eval_fn, model.combine(trainable, frozen), data.heldout,
+                    config.data.eval_batch_size, batch_sh)
+  return {'eval_loss': ev(state.trainable),
+          'eval_loss_ema': ev(steps_lib.ema_trainable(state))}
