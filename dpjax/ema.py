@@ -38,7 +38,8 @@ def ema_params(decay: float) -> optax.GradientTransformation:
   def init_fn(params):
     return EmaState(
         count=jnp.zeros((), jnp.int32),
-        ema=jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params))
+        ema=jax.tree.map(lambda p: jnp.array(p, jnp.float32, copy=True),
+                         params))
 
   def update_fn(updates, state, params=None):
     if params is None:

@@ -85,7 +85,7 @@ def dp_stages(*, l2_clip_norm: float, noise_multiplier: float,
     key: typed PRNG key for the noise.
     optimizer: 'adamw', 'adam' or 'sgd'.
     b1, b2, eps, weight_decay, momentum: optimizer hyperparameters.
-    ema_decay: decay of the parameter EMA kept for evaluation.
+    ema_decay: decay of the parameter EMA kept for evaluation (0: none).
 
   Returns:
     `DPStages`.
@@ -102,7 +102,8 @@ def dp_stages(*, l2_clip_norm: float, noise_multiplier: float,
       optimizer=_base_optimizer(optimizer, learning_rate, b1=b1, b2=b2,
                                 eps=eps, weight_decay=weight_decay,
                                 momentum=momentum),
-      ema=ema_lib.ema_params(ema_decay))
+      # No EMA state at all when it would equal the raw parameters.
+      ema=ema_lib.ema_params(ema_decay) if ema_decay else optax.identity())
 
 
 def dp_adamw(**kwargs) -> optax.GradientTransformationExtraArgs:
