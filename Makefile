@@ -31,10 +31,10 @@ run: setup
 	$(PY) -m dpjax.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
 test: setup-test
-	$(PY) -m pytest -q -n 2 -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 test-slow: setup-test
-	$(PY) -m pytest -q -n 2 -m slow tests
+	$(PY) -m pytest -q -n 2 --dist loadfile -m slow tests
 
 clean:
 	rm -rf $(VENV) runs

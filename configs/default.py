@@ -39,7 +39,7 @@ def get_config():
   config.peft.mode = 'full'            # full | lora | bias_only | norms
   config.peft.lora_rank = 4
   config.peft.lora_alpha = 8.0
-  config.peft.lora_targets = r'.*self_attn/(q|v)_proj.*'
+  config.peft.lora_targets = r'.*self_attn/(q|v)_proj'
 
   # ---- Data ----
   config.data = ml_collections.ConfigDict()
@@ -58,6 +58,7 @@ def get_config():
   config.dp.noise_multiplier = -1.0    # sigma >= 0 to fix it; < 0 to calibrate.
   config.dp.delta = 1e-5               # Must be < 1/N.
   config.dp.l2_clip_norm = 1.0         # Flat per-example clip norm C.
+  config.dp.max_noise_multiplier = 100.0  # A target needing more sigma is refused.
   config.dp.accountant = 'pld'         # Calibrates and reports epsilon so far: pld | rdp | edgeworth
   config.dp.report_accountants = ('pld', 'rdp', 'edgeworth')  # Final report.
   config.dp.sampling = 'poisson'       # poisson | shuffle (fixed-size; no amplification claimed)

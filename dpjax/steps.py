@@ -65,7 +65,9 @@ def nonprivate_grad_sum(loss_fn, trainable, batch, mask, keys, *,
 def make_train_step(loss_fn: Callable[..., jax.Array],
                     post_clip: optax.GradientTransformation, *,
                     l2_clip_norm: float, microbatch_size: int,
-                    private: bool = True) -> Callable[..., tuple]:
+                    private: bool = True,
+                    clip_norm_fn: Callable[[PyTree], jax.Array] | None = None
+                    ) -> Callable[..., tuple]:
   """Returns `step(state, frozen, batch, mask, dropout_key) -> (state, metrics)`.
 
   Args:
@@ -77,6 +79,11 @@ def make_train_step(loss_fn: Callable[..., jax.Array],
     microbatch_size: per-example gradients are computed m at a time.
     private: False for the non-private baseline (post_clip then has no noise
       stage to speak of; clipping is skipped).
+    clip_norm_fn: for adaptive clipping, `clip_norm_fn(opt_state) -> C_t`
+      reads the current clip norm from the chain state (default: the
+      constant `l2_clip_norm`). The post-clip chain then also receives the
+      extra arguments `num_unclipped` (real examples with norm <= C_t, not
+      private: the chain must noise it) and `clip_norm` (C_t).
 
   The caller jits the returned function (with donation of `state`).
   """
@@ -85,16 +92,22 @@ def make_train_step(loss_fn: Callable[..., jax.Array],
     keys = jax.random.split(jax.random.fold_in(dropout_key, state.step),
                             mask.shape[0])
     record_loss = lambda p, ex, k: loss_fn(p, frozen, ex, k)
+    clip = (l2_clip_norm if clip_norm_fn is None
+            else clip_norm_fn(state.opt_state))
     if private:
       total, stats, _ = clipping.microbatched_clipped_sum(
           record_loss, state.trainable, batch, mask, keys,
-          l2_clip_norm=l2_clip_norm, microbatch_size=microbatch_size)
+          l2_clip_norm=clip, microbatch_size=microbatch_size)
     else:
       total, stats = nonprivate_grad_sum(record_loss, state.trainable, batch,
                                          mask, keys,
                                          microbatch_size=microbatch_size)
+    extra = {}
+    if clip_norm_fn is not None:
+      extra = {'num_unclipped': stats.num_examples - stats.num_clipped,
+               'clip_norm': clip}
     updates, post_state = post_clip.update(total, state.opt_state[1:],
-                                           state.trainable)
+                                           state.trainable, **extra)
     trainable = optax.apply_updates(state.trainable, updates)
     new_state = TrainState(step=state.step + 1, trainable=trainable,
                            opt_state=(state.opt_state[0],) + tuple(post_state))
@@ -104,6 +117,7 @@ def make_train_step(loss_fn: Callable[..., jax.Array],
         'batch_size': stats.num_examples,           # not privatized
         'clip_fraction': stats.num_clipped / n,     # not privatized
         'mean_grad_norm': stats.norm_sum / n,       # not privatized
+        'clip_norm': jnp.asarray(clip, jnp.float32),  # public (privatized)
     }
     return new_state, metrics
 

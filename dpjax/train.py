@@ -85,6 +85,13 @@ def plan_privacy(config, dataset_size: int) -> PrivacyPlan:
           'dp.target_epsilon', f'{target} cannot be reached with '
           f'{steps} steps at q={q:.4g}, delta={dp.delta} ({e})',
           'a larger target, fewer steps or a smaller batch') from e
+    if sigma > dp.max_noise_multiplier:
+      raise configuration.ConfigError(
+          'dp.target_epsilon', f'{target} needs noise multiplier '
+          f'{sigma:.4g} > dp.max_noise_multiplier ({dp.max_noise_multiplier}) '
+          f'with {steps} steps at q={q:.4g}, delta={dp.delta}',
+          'a larger target, fewer steps, a smaller batch or a larger '
+          'dp.max_noise_multiplier')
   return PrivacyPlan(True, dp.sampling, neighbouring, dataset_size, batch, q,
                      sigma, float(dp.l2_clip_norm), float(dp.delta),
                      dp.accountant, target)

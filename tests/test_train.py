@@ -18,7 +18,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _leaves(tree):
-  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+  def as_np(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)  # the noise key is part of the state
+    return np.asarray(jax.device_get(x))
+  return [as_np(x) for x in jax.tree.leaves(tree)]
 
 
 @pytest.fixture(scope='module')

@@ -41,7 +41,8 @@ DEFAULT_HELDOUT = {
 _HEADING = re.compile(r'^(ACT|SCENE|SCENA|SCOENA|ACTUS|PROLOGUE|EPILOGUE|'
                       r'DRAMATIS|PERSONS|FINIS)\b', re.I)
 _SPEAKER = re.compile(r"^[A-Z][A-Za-z' .,-]{0,30}\.$")  # 'KENT.', 'First Gent.'
-_FOLIO_SPEAKER = re.compile(r'^\s+[A-Z][a-z]{0,12}\.\s')  # '  Bar. Long liue'
+# Folio speaker prefixes: '  Bar. Long liue', '  1.Sen. Bring vs'.
+_FOLIO_SPEAKER = re.compile(r'^\s+(?:\d\.\s?)?[A-Z][a-z]{0,12}\.\s')
 _STAGE = re.compile(r'^\s*(\[|\(|Enter\b|Exit\b|Exeunt\b|Flourish\b|Manet\b)')
 
 
@@ -73,22 +74,29 @@ class GenreTask:
   @staticmethod
   def arrays(passages: Sequence[Passage]) -> tuple[list[str], np.ndarray]:
     """(texts, labels int32) of a list of passages."""
-    return [p.text for p in passages], np.array([p.label for p in passages], np.int32)
+    labels = np.array([p.label for p in passages], np.int32)
+    return [p.text for p in passages], labels
 
 
 def spoken_lines(text: str) -> list[str]:
   """The spoken lines of a play text, without headings, speakers, directions.
 
   A heuristic for both editions: drops blank lines, all-caps lines, lines
-  that are only a speaker name ('KENT.'), headings (ACT/SCENE/Actus...),
+  that are only a speaker name ('Kent.' after a blank line), headings
+  (ACT/SCENE/Actus...),
   stage directions ('[...]', 'Enter ...', 'Exit', 'Exeunt'), and the Folio's
   leading speaker abbreviations ('  Bar. Long liue the King' -> 'Long liue
   the King').
   """
   out = []
-  for raw in text.splitlines():
+  raws = text.splitlines()
+  for i, raw in enumerate(raws):
     line = raw.strip()
-    if not line or _HEADING.match(line) or _STAGE.match(raw) or _SPEAKER.match(line):
+    if not line or _HEADING.match(line) or _STAGE.match(raw):
+      continue
+    # 'Kent.' on its own line after a blank line names the speaker; after a
+    # speaker line, the same shape is a short speech ('It did.').
+    if _SPEAKER.match(line) and (i == 0 or not raws[i - 1].strip()):
       continue
     letters = [c for c in line if c.isalpha()]
     if letters and all(c.isupper() for c in letters):
@@ -170,13 +178,15 @@ def make_genre_task(
   for doc in shakespeare.load_documents(list(works), editions=editions):
     label = genres.index(works[doc.work_id].genre)
     for p in passages_of(doc.text, passage_chars):
-      pools[doc.work_id in heldout][label].append(Passage(p, label, doc.work_id))
+      pool = pools[doc.work_id in heldout][label]
+      pool.append(Passage(p, label, doc.work_id))
   rng = np.random.default_rng(seed)
 
   def balance(by_class, cap, name):
     sizes = [len(c) for c in by_class]
     if min(sizes) == 0:
-      raise ValueError(f'{name}: a class has no passages (sizes {sizes} for {genres})')
+      raise ValueError(f'{name}: a class has no passages (sizes {sizes} '
+                       f'for {genres})')
     n = min(sizes) if cap is None else min(min(sizes), cap)
     chosen = []
     for c in by_class:

@@ -58,7 +58,7 @@ class ExposureResult:
 
 
 def expected_exposure_at_chance(space_size: int) -> float:
-  """E[exposure] when the rank is uniform on {1..|R|}: log2|R| - log2(|R|!)/|R|."""
+  """E[exposure] for a rank uniform on {1..|R|}: log2|R| - log2(|R|!)/|R|."""
   n = int(space_size)
   return math.log2(n) - math.lgamma(n + 1) / math.log(2) / n
 
@@ -86,7 +86,8 @@ def _score(score_fn: ScoreFn, texts: list[str], batch_size: int) -> np.ndarray:
 
 
 def _mid_rank_count(others: np.ndarray, secret_score: float) -> float:
-  return float(np.sum(others < secret_score) + 0.5 * np.sum(others == secret_score))
+  lower = np.sum(others < secret_score)
+  return float(lower + 0.5 * np.sum(others == secret_score))
 
 
 def _digits_of(secret: str, sep: str) -> int:
@@ -119,7 +120,8 @@ def exposure(score_fn: ScoreFn, prefix: str, secret: str, *,
   try:
     pos = candidates.index(secret)
   except ValueError:
-    raise ValueError(f'candidates do not contain the secret {secret!r}') from None
+    raise ValueError(
+        f'candidates do not contain the secret {secret!r}') from None
   scores = _score(score_fn, [prefix + c for c in candidates], batch_size)
   others = np.delete(scores, pos)
   rank = 1.0 + _mid_rank_count(others, scores[pos])

@@ -35,7 +35,7 @@ GLUE_LABELS = {
     'qnli': ('entailment', 'not_entailment'),
 }
 
-# layout name -> (text_a column, text_b column or None, label columns by preference)
+# layout -> (text_a column, text_b column or None, label columns by preference)
 LAYOUTS = {
     'qqp': ('question1', 'question2', ('is_duplicate',)),
     'qnli': ('question', 'sentence', ('label',)),
@@ -124,8 +124,11 @@ def _parse_label(value: Any, path, line, field, names, label_map) -> int:
 
 
 def _text(value: Any, path, line, field) -> str:
+  if value is None:
+    raise _err(path, line, field, 'missing')
   if not isinstance(value, str):
-    raise _err(path, line, field, f'expected a string, got {type(value).__name__}')
+    raise _err(path, line, field,
+               f'expected a string, got {type(value).__name__}')
   if not value.strip():
     raise _err(path, line, field, 'is empty')
   return value
@@ -139,7 +142,8 @@ def _nonempty(data: LoadedData) -> LoadedData:
 
 def load_text_folder(path: str | pathlib.Path, *, suffix: str = '.txt',
                      encoding: str = 'utf-8') -> LoadedData:
-  """Reads every `*suffix` file of a folder (sorted by name), one record each."""
+  """Reads every `*suffix` file of a folder (sorted by name), one record each.
+  """
   root = pathlib.Path(path)
   if not root.is_dir():
     raise DataFormatError(f'{root}: not a folder')
@@ -153,7 +157,8 @@ def load_text_folder(path: str | pathlib.Path, *, suffix: str = '.txt',
     if text.strip():
       records.append({'text': text})
   if not records:
-    raise DataFormatError(f'{root}: no non-empty {suffix} files (empty dataset)')
+    raise DataFormatError(
+        f'{root}: no non-empty {suffix} files (empty dataset)')
   return LoadedData('text', records, None, str(root))
 
 
@@ -169,7 +174,7 @@ def _kind_of_fields(fields) -> str | None:
 
 def load_jsonl(path: str | pathlib.Path, *,
                label_map: Mapping[str, int] | None = None) -> LoadedData:
-  """Reads JSON lines with `text`, or `prompt`/`response`, or `sentence`/`label`.
+  """Reads JSON lines: `text`, or `prompt`/`response`, or `sentence`/`label`.
 
   The first record fixes the kind; every later line must have the same
   fields. `text`/`label` lines are also read as classification. Blank lines
@@ -184,7 +189,8 @@ def load_jsonl(path: str | pathlib.Path, *,
       try:
         obj = json.loads(line)
       except json.JSONDecodeError as e:
-        raise DataFormatError(f'{path}:{line_no}: invalid JSON ({e.msg})') from e
+        raise DataFormatError(
+            f'{path}:{line_no}: invalid JSON ({e.msg})') from e
       if not isinstance(obj, dict):
         raise DataFormatError(f'{path}:{line_no}: expected a JSON object, got '
                               f'{type(obj).__name__}')
@@ -225,7 +231,8 @@ def detect_layout(header: list[str]) -> str:
   """Names the table layout of a header row (see `LAYOUTS`)."""
   cols = set(header)
   for name, (a, b, labels) in LAYOUTS.items():
-    if a in cols and (b is None or b in cols) and any(l in cols for l in labels):
+    has_label = any(l in cols for l in labels)
+    if a in cols and (b is None or b in cols) and has_label:
       if name in ('sst2', 'text_label') and {'sentence1', 'question'} & cols:
         continue
       return name
@@ -233,10 +240,11 @@ def detect_layout(header: list[str]) -> str:
     return 'instruction'
   if 'text' in cols:
     return 'text'
-  raise ValueError(f'unknown table layout with columns {header}; expected one of '
-                   'sentence,label (SST-2) / question,sentence,label (QNLI) / '
-                   'question1,question2,is_duplicate (QQP) / sentence1,sentence2,'
-                   'gold_label or label (MNLI) / prompt,response / text')
+  raise ValueError(
+      f'unknown table layout with columns {header}; expected one of '
+      'sentence,label (SST-2) / question,sentence,label (QNLI) / '
+      'question1,question2,is_duplicate (QQP) / '
+      'sentence1,sentence2,gold_label or label (MNLI) / prompt,response / text')
 
 
 def load_table(path: str | pathlib.Path, *, delimiter: str | None = None,

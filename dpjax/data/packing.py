@@ -3,7 +3,9 @@
 Both functions return the dpjax causal-LM dataset
 `{'inputs': [N, T] int32, 'targets': [N, T] int32, 'weights': [N, T] float32}`
 with `targets[n, t]` the token that follows `inputs[n, t]` and `weights` 1
-exactly where the loss counts (a real target), 0 on padding.
+exactly where the loss counts (a real target), 0 on padding. The weights, not
+the ids, mark padding: `pad_id` may equal `eos_id` (tokenizers without a pad
+token), and an eos target still counts.
 
 Privacy unit:
   Each row is one record, the unit of the neighbouring relation (what the
@@ -22,18 +24,16 @@ from typing import Sequence
 import numpy as np
 
 
-def _check_common(token_lists, seq_len: int, eos_id: int, pad_id: int):
-  if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+def _check_common(token_lists, seq_len: int):
+  if (isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer))
+      or seq_len < 1):
     raise ValueError(f'seq_len must be a positive int, got {seq_len!r}')
-  if eos_id == pad_id:
-    raise ValueError(f'eos_id and pad_id must differ (both {eos_id}): the '
-                     'weights, not the pad id, mark padding, but a shared id '
-                     'hides bugs')
   if len(token_lists) == 0:
     raise ValueError('token_lists is empty: no documents to build records from')
 
 
-def _make(rows: list[list[int]], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
+def _make(rows: list[list[int]], seq_len: int,
+          pad_id: int) -> dict[str, np.ndarray]:
   """Rows of length 2..T+1 -> shifted, padded inputs/targets/weights."""
   n = len(rows)
   inputs = np.full((n, seq_len), pad_id, np.int32)
@@ -80,26 +80,36 @@ def pack_causal_lm(
     The causal-LM dataset dict; N = number of chunks.
 
   Raises:
-    ValueError: bad `seq_len`, `eos_id == pad_id`, no documents, or a stream
-      too short for a single record (the message gives the counts).
+    ValueError: bad `seq_len`, no documents, or a stream too short for a
+      single record (the message gives the counts).
   """
-  _check_common(token_lists, seq_len, eos_id, pad_id)
-  stream: list[int] = []
+  _check_common(token_lists, seq_len)
+  parts = []
   for doc in token_lists:
     if bos_id is not None:
-      stream.append(int(bos_id))
-    stream.extend(int(t) for t in doc)
-    stream.append(int(eos_id))
+      parts.append(np.array([bos_id], np.int64))
+    parts.append(np.asarray(doc, np.int64).reshape(-1))
+    parts.append(np.array([eos_id], np.int64))
+  stream = np.concatenate(parts)
   chunk = seq_len + 1
-  rows = [stream[s:s + chunk] for s in range(0, len(stream), chunk)]
-  if rows and (len(rows[-1]) < chunk and (drop_remainder or len(rows[-1]) < 2)):
-    rows.pop()
-  if not rows:
+  n_full = len(stream) // chunk
+  rest = stream[n_full * chunk:]
+  keep_rest = not drop_remainder and len(rest) >= 2
+  if n_full == 0 and not keep_rest:
     raise ValueError(
         f'pack_causal_lm: the stream of {len(token_lists)} documents has '
         f'{len(stream)} tokens (with eos), fewer than seq_len + 1 = {chunk}; '
         'use a shorter seq_len, more text, or drop_remainder=False')
-  return _make(rows, seq_len, pad_id)
+  full = stream[:n_full * chunk].reshape(n_full, chunk)
+  out = _make([rest.tolist()] if keep_rest else [], seq_len, pad_id)
+  return {
+      'inputs': np.concatenate([full[:, :-1].astype(np.int32),
+                                out['inputs']]),
+      'targets': np.concatenate([full[:, 1:].astype(np.int32),
+                                 out['targets']]),
+      'weights': np.concatenate([np.ones((n_full, seq_len), np.float32),
+                                 out['weights']]),
+  }
 
 
 def pad_causal_lm(
@@ -133,7 +143,7 @@ def pad_causal_lm(
     ValueError: bad arguments, or (with truncate=False) a document longer
       than the row, naming its index.
   """
-  _check_common(token_lists, seq_len, eos_id, pad_id)
+  _check_common(token_lists, seq_len)
   rows = []
   for i, doc in enumerate(token_lists):
     row = ([int(bos_id)] if bos_id is not None else []) + [int(t) for t in doc]

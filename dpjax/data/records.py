@@ -29,11 +29,13 @@ import numpy as np
 DEFAULT_PREFIX = 'My ID number is '
 
 _FIRST = ('Alma', 'Bruno', 'Carmen', 'Dmitri', 'Elif', 'Farah', 'Gustav',
-          'Hana', 'Igor', 'Jonas', 'Kaia', 'Lucien', 'Maren', 'Nikhil', 'Odette',
-          'Pavel', 'Quinn', 'Rosa', 'Soren', 'Tamsin', 'Ulla', 'Viktor', 'Wanda',
-          'Xavier', 'Yara', 'Zeno', 'Ines', 'Mateo', 'Lena', 'Omar')
+          'Hana', 'Igor', 'Jonas', 'Kaia', 'Lucien', 'Maren', 'Nikhil',
+          'Odette', 'Pavel', 'Quinn', 'Rosa', 'Soren', 'Tamsin', 'Ulla',
+          'Viktor', 'Wanda', 'Xavier', 'Yara', 'Zeno', 'Ines', 'Mateo', 'Lena',
+          'Omar')
 _LAST = ('Abernathy', 'Bellweather', 'Castellano', 'Dunmore', 'Esterhazy',
-         'Fairbrook', 'Grimaldi', 'Holloway', 'Ivanova', 'Jankowski', 'Kettering',
+         'Fairbrook', 'Grimaldi', 'Holloway', 'Ivanova', 'Jankowski',
+         'Kettering',
          'Lindqvist', 'Marchetti', 'Nakashima', 'Okonkwo', 'Pemberton', 'Quist',
          'Rasmussen', 'Saltonstall', 'Thackeray', 'Underhill', 'Valcourt',
          'Whitlock', 'Yardley', 'Zabrowski')
@@ -43,7 +45,8 @@ _STREETS = ('Alder Lane', 'Birch Road', 'Cedar Court', 'Dove Street',
 _CITIES = ('Northfield', 'Easthaven', 'Westmoor', 'Southbridge', 'Lakeview',
            'Riverton', 'Hillcrest', 'Fairport')
 _CONDITIONS = ('type 2 diabetes', 'hypertension', 'asthma', 'migraine',
-               'hypothyroidism', 'atrial fibrillation', 'chronic kidney disease',
+               'hypothyroidism', 'atrial fibrillation',
+               'chronic kidney disease',
                'major depressive disorder', 'rheumatoid arthritis', 'epilepsy',
                'COPD', 'iron-deficiency anaemia', 'psoriasis', 'gout')
 _MEDS = ('metformin 500 mg', 'lisinopril 10 mg', 'salbutamol inhaler',
@@ -105,9 +108,11 @@ def make_records(n: int, seed: int) -> list[PatientRecord]:
   out = []
   for _ in range(n):
     name = f'{rng.choice(_FIRST)} {rng.choice(_LAST)}'
-    mrn = f'{rng.integers(100, 1000)}-{rng.integers(10, 100)}-{rng.integers(1000, 10000)}'
+    mrn = (f'{rng.integers(100, 1000)}-{rng.integers(10, 100)}-'
+           f'{rng.integers(1000, 10000)}')
     year = int(rng.integers(1930, 2006))
-    dob = f'{year}-{int(rng.integers(1, 13)):02d}-{int(rng.integers(1, 29)):02d}'
+    month, day = int(rng.integers(1, 13)), int(rng.integers(1, 29))
+    dob = f'{year}-{month:02d}-{day:02d}'
     addr = (f'{int(rng.integers(1, 300))} {rng.choice(_STREETS)}, '
             f'{rng.choice(_CITIES)}')
     cond, med = str(rng.choice(_CONDITIONS)), str(rng.choice(_MEDS))

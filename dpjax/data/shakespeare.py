@@ -240,13 +240,14 @@ def list_works() -> list[Work]:
     files_of[work_id].append(stem)
   works = []
   for work_id, (title, genre, romance) in _WORKS.items():
-    files = sorted(files_of[work_id], key=lambda s: (edition_of(s) != 'modern', s))
+    files = sorted(files_of[work_id],
+                   key=lambda s: (edition_of(s) != 'modern', s))
     works.append(Work(work_id, title, genre, tuple(files), romance))
   return works
 
 
 def get_work(work_id: str) -> Work:
-  """Returns the `Work` named `work_id`; ValueError listing valid ids if unknown."""
+  """Returns the `Work` named `work_id` (ValueError listing ids if unknown)."""
   for work in list_works():
     if work.work_id == work_id:
       return work
@@ -266,7 +267,8 @@ _START_RE = re.compile(
 _END_RE = re.compile(
     r'^\s*(?:\*{3}\s*END OF (?:THE|THIS) PROJECT GUTENBERG'
     r'|End of (?:the )?Project Gutenberg).*$', re.I | re.M)
-_SMALL_PRINT_END_RE = re.compile(r'^.*\*END\*\s*THE SMALL PRINT.*$', re.I | re.M)
+_SMALL_PRINT_END_RE = re.compile(r'^.*\*END\*\s*THE SMALL PRINT.*$',
+                                 re.I | re.M)
 _ANGLE_NOTICE_RE = re.compile(r'<<[^<>]*?(?:ELECTRONIC|COPYRIGHT)[^<>]*?>>',
                               re.I | re.S)
 
@@ -310,15 +312,15 @@ def _check_editions(editions: Sequence[str]) -> tuple[str, ...]:
     editions = (editions,)
   bad = [e for e in editions if e not in EDITIONS]
   if bad or not editions:
-    raise ValueError(f'editions={tuple(editions)!r}: each must be one of {EDITIONS} '
-                     'and at least one is needed')
+    raise ValueError(f'editions={tuple(editions)!r}: each must be one of '
+                     f'{EDITIONS} and at least one is needed')
   return tuple(editions)
 
 
 def _check_work_ids(work_ids: Iterable[str], argname: str) -> tuple[str, ...]:
   if isinstance(work_ids, str):
-    raise ValueError(f'{argname} must be a sequence of work ids, not the string '
-                     f'{work_ids!r}; e.g. ({work_ids!r},)')
+    raise ValueError(f'{argname} must be a sequence of work ids, not the '
+                     f'string {work_ids!r}; e.g. ({work_ids!r},)')
   ids = tuple(work_ids)
   unknown = [w for w in ids if w not in _WORKS]
   if unknown:
@@ -339,14 +341,16 @@ def load_documents(work_ids: Iterable[str] | None = None, *,
     One `Document` per file, ordered by work (table order), modern first.
   """
   editions = _check_editions(editions)
-  wanted = None if work_ids is None else set(_check_work_ids(work_ids, 'work_ids'))
+  wanted = (None if work_ids is None
+            else set(_check_work_ids(work_ids, 'work_ids')))
   docs = []
   for work in list_works():
     if wanted is not None and work.work_id not in wanted:
       continue
     for stem in work.files:
       if edition_of(stem) in editions:
-        docs.append(Document(work.work_id, stem, edition_of(stem), read_file(stem)))
+        docs.append(Document(work.work_id, stem, edition_of(stem),
+                             read_file(stem)))
   return docs
 
 

@@ -2,8 +2,10 @@
 sequence classification (single sentences and sentence pairs).
 
 Outputs follow the dataset contract of `docs/architecture.md`:
-  instruction -> `{'inputs', 'targets': [N, T] int32, 'weights': [N, T] float32}`
-  classification -> `{'inputs', 'attention_mask': [N, T] int32, 'label': [N] int32}`
+  instruction: `{'inputs', 'targets': [N, T] int32,
+                 'weights': [N, T] float32}`;
+  classification: `{'inputs', 'attention_mask': [N, T] int32,
+                    'label': [N] int32}`
   plus `'token_type_ids': [N, T] int32` for sentence pairs.
 
 Privacy unit:
@@ -34,7 +36,8 @@ def _render_jinja(template: str, prompt: str, response: str,
   try:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
   except ImportError as e:  # pragma: no cover - jinja2 ships with transformers
-    raise ImportError('a Jinja chat template needs jinja2: pip install jinja2') from e
+    raise ImportError(
+        'a Jinja chat template needs jinja2: pip install jinja2') from e
 
   def raise_exception(message):
     raise ValueError(f'chat template: {message}')
@@ -44,17 +47,20 @@ def _render_jinja(template: str, prompt: str, response: str,
   tmpl = env.from_string(template)
   user = [{'role': 'user', 'content': prompt}]
   head = tmpl.render(messages=user, add_generation_prompt=True, **special)
-  full = tmpl.render(messages=user + [{'role': 'assistant', 'content': response}],
-                     add_generation_prompt=False, **special)
+  answer = {'role': 'assistant', 'content': response}
+  full = tmpl.render(messages=user + [answer], add_generation_prompt=False,
+                     **special)
   if not full.startswith(head):
-    raise ValueError('template: the chat template renders the conversation with '
-                     'the answer differently from the generation prompt, so the '
-                     'response tokens cannot be located; pass a callable instead')
+    raise ValueError(
+        'template: the chat template renders the conversation with the '
+        'answer differently from the generation prompt, so the response '
+        'tokens cannot be located; pass a callable instead')
   return head, full[len(head):]
 
 
-def apply_template(template: Template, prompt: str, response: str, *,
-                   special_tokens: dict[str, str] | None = None) -> tuple[str, str]:
+def apply_template(
+    template: Template, prompt: str, response: str, *,
+    special_tokens: dict[str, str] | None = None) -> tuple[str, str]:
   """Splits one example into (prompt text, response text) under a template.
 
   Args:
@@ -81,8 +87,8 @@ def apply_template(template: Template, prompt: str, response: str, *,
     special.update(special_tokens or {})
     return _render_jinja(template, prompt, response, special)
   if '{prompt}' not in template:
-    raise ValueError(f'template {template!r} has no {{prompt}} field and is not '
-                     'a Jinja chat template')
+    raise ValueError(f'template {template!r} has no {{prompt}} field and is '
+                     'not a Jinja chat template')
   return template.replace('{prompt}', prompt), response
 
 
@@ -135,7 +141,9 @@ def encode_instruction(
     p_text, r_text = apply_template(template, prompt, response,
                                     special_tokens=special)
     p_ids = list(tokenizer.encode(p_text))
-    r_ids = list(tokenizer.encode(r_text)) + ([tokenizer.eos_id] if add_eos else [])
+    r_ids = list(tokenizer.encode(r_text))
+    if add_eos:
+      r_ids.append(tokenizer.eos_id)
     if not r_ids:
       raise ValueError(f'examples[{i}]: empty response and add_eos=False: '
                        'nothing to train on')
@@ -152,7 +160,8 @@ def encode_instruction(
   return {'inputs': inputs, 'targets': targets, 'weights': weights}
 
 
-def _truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
+def _truncate_pair(a: list[int], b: list[int],
+                   budget: int) -> tuple[list[int], list[int]]:
   """Longest-first truncation: drop the last token of the longer side."""
   a, b = list(a), list(b)
   while len(a) + len(b) > budget:
@@ -179,7 +188,10 @@ def encode_classification(
   token_type_ids 0 on `[cls] a [sep]` and 1 on `b [sep]`. `sep_id` defaults to
   `tokenizer.eos_id`; no cls token unless given. Sentences are truncated
   (longest first for pairs) to fit `seq_len`; padding uses `tokenizer.pad_id`
-  with attention_mask 0.
+  with attention_mask 0. `tokenizer.encode` must return plain tokens: a
+  tokenizer whose post-processor adds [CLS]/[SEP] itself (e.g.
+  `HFTokenizer(..., add_special_tokens=True)`) would add them twice; use
+  one without and pass `cls_id`/`sep_id`.
 
   Args:
     texts: strings, or (text_a, text_b) pairs (all of one kind).
@@ -210,7 +222,8 @@ def encode_classification(
                      f'{n_special} special tokens')
   try:
     label_arr = np.asarray(labels)
-    if label_arr.dtype.kind not in 'iub' and not np.all(label_arr == np.round(label_arr)):
+    if label_arr.dtype.kind not in 'iub' and not np.all(
+        label_arr == np.round(label_arr)):
       raise TypeError
     label_arr = label_arr.astype(np.int32)
   except (TypeError, ValueError) as e:
@@ -236,3 +249,48 @@ def encode_classification(
   if pair:
     out['token_type_ids'] = types
   return out
+
+
+def encode_records(
+    data: Any,
+    tokenizer: Any,
+    seq_len: int,
+    *,
+    pack: bool = True,
+    template: Template = None,
+    cls_id: int | None = None,
+    sep_id: int | None = None,
+) -> dict[str, np.ndarray]:
+  """Encodes a `dpjax.data.formats.LoadedData` by its kind.
+
+  Args:
+    data: has `.kind` ('text', 'instruction' or 'classification') and
+      `.records` (see `dpjax.data.formats`).
+    tokenizer: the dpjax tokenizer contract.
+    seq_len: T.
+    pack: for 'text', pack documents into chunks (`pack_causal_lm`, record =
+      chunk) or keep one document per row (`pad_causal_lm`, record =
+      document).
+    template: for 'instruction', see `apply_template`.
+    cls_id: for 'classification', see `encode_classification`.
+    sep_id: for 'classification', see `encode_classification`.
+
+  Returns:
+    The dataset dict of the kind's contract.
+  """
+  from dpjax.data import packing  # pylint: disable=import-outside-toplevel
+  recs = data.records
+  if data.kind == 'text':
+    fn = packing.pack_causal_lm if pack else packing.pad_causal_lm
+    return fn([tokenizer.encode(r['text']) for r in recs], seq_len,
+              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+  if data.kind == 'instruction':
+    return encode_instruction(recs, tokenizer, seq_len, template=template)
+  if data.kind == 'classification':
+    pairs = 'text_b' in recs[0]
+    texts = [(r['text_a'], r['text_b']) if pairs else r['text_a']
+             for r in recs]
+    return encode_classification(texts, [r['label'] for r in recs], tokenizer,
+                                 seq_len, cls_id=cls_id, sep_id=sep_id)
+  raise ValueError(f'data.kind={data.kind!r}: expected text, instruction or '
+                   'classification')

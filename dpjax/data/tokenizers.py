@@ -1,4 +1,4 @@
-"""Tokenizers with the dpjax contract: encode, decode, vocab_size, eos_id, pad_id.
+"""Tokenizers with the dpjax contract: encode, decode, vocab_size, eos/pad ids.
 
 A Hugging Face tokenizer that follows the same contract can be used wherever a
 tokenizer is expected; `ByteTokenizer` needs no files and is what the tests and
