@@ -29,7 +29,11 @@ Formal guarantees:
   Count sensitivity. Under add/remove of one record and per-record clipping,
   the centered count changes by exactly 1/2 (s_b = 1/2, z_b = 2 sigma_b). If
   the clipping unit is a group of records (`dpjax.microbatch_groups`), one
-  record can flip its group's bit, so s_b = 1 (z_b = sigma_b).
+  record can flip its group's bit, so s_b = 1 (z_b = sigma_b); so it is for
+  the uncentered count sum_i b_i (a record adds 1), which is what you get
+  when the realised number of units is not available. Note: the (z^-2 -
+  (2 sigma_b)^-2)^-1/2 formula is only valid for the CENTERED count; with the
+  raw count it under-accounts.
   Joint mechanism. Let the clipped gradient sum have L2 sensitivity S and
   noise std sigma_Delta * S, and the count sensitivity s_b and noise std
   sigma_b, both drawn independently and the pair released together. After
@@ -100,16 +104,16 @@ def init_state(*, initial_clip_norm: float, count_key: jax.Array,
 # Private quantile tracking (Andrew et al. 2021).
 
 
-def count_sensitivity(group_size: int = 1) -> float:
-  """Add/remove sensitivity s_b of the centered unclipped count.
+def count_sensitivity(group_size: int = 1, centered: bool = True) -> float:
+  """Add/remove sensitivity s_b of the (centered) unclipped count.
 
-  1/2 when each record is its own clipping unit (its bit enters as +-1/2);
-  1 when records are grouped (a record can flip its group's bit from -1/2 to
-  +1/2).
+  Centered, per-record units: 1/2 (a record's bit enters as +-1/2).
+  Grouped units: 1 (a record can flip its group's bit from -1/2 to +1/2).
+  Uncentered count sum_i b_i: 1 (a record adds 0 or 1, or flips a group).
   """
   if not (isinstance(group_size, int) and group_size >= 1):
     raise ValueError(f'group_size must be an int >= 1, got {group_size!r}.')
-  return 0.5 if group_size == 1 else 1.0
+  return 0.5 if (group_size == 1 and centered) else 1.0
 
 
 def gradient_noise_multiplier(noise_multiplier: float, count_noise_std: float,
@@ -148,15 +152,18 @@ def gradient_noise_multiplier(noise_multiplier: float, count_noise_std: float,
 
 
 def privatized_unclipped_fraction(num_unclipped: jax.Array,
-                                  num_units: jax.Array, *,
+                                  num_units: jax.Array | None, *,
                                   count_noise_std: float | jax.Array,
                                   expected_units: float | jax.Array,
                                   key: jax.Array) -> jax.Array:
   """b~ = (num_unclipped - num_units/2 + N(0, sigma_b^2)) / B + 1/2.
 
+  With `num_units=None` the uncentered form (num_unclipped + N(0,
+  sigma_b^2)) / B (count sensitivity 1 instead of 1/2).
+
   Args:
     num_unclipped: sum of b_i over real units (not private).
-    num_units: realised number of real units n (not private).
+    num_units: realised number of real units n (not private), or None.
     count_noise_std: sigma_b.
     expected_units: B, the public expected number of units.
     key: typed PRNG key (use once).
@@ -165,8 +172,10 @@ def privatized_unclipped_fraction(num_unclipped: jax.Array,
     () float32, the privatized unclipped fraction (may leave [0, 1]).
   """
   noise = count_noise_std * jax.random.normal(key, (), jnp.float32)
-  centered = (jnp.asarray(num_unclipped, jnp.float32)
-              - 0.5 * jnp.asarray(num_units, jnp.float32))
+  count = jnp.asarray(num_unclipped, jnp.float32)
+  if num_units is None:
+    return (count + noise) / expected_units
+  centered = count - 0.5 * jnp.asarray(num_units, jnp.float32)
   return (centered + noise) / expected_units + 0.5
 
 

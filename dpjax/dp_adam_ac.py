@@ -21,14 +21,19 @@ Two ways to drive the chain, tested equal:
   `ClippedSum` record.
 * Training step: `post_clip(stages).update(clipped_sum, opt_state[1:], params,
   num_unclipped=..., num_examples=..., clip_norm=C_t)` (plus `norms=`,
-  `norms_mask=` in the non-private percentile mode).
+  `norms_mask=` in the non-private percentile mode). `dpjax.steps.make_train_step`
+  as it stands passes only `num_unclipped` and `clip_norm`: it works with
+  `count_centered=False` (raw count, sensitivity 1); the centered count (the
+  default, sensitivity 1/2, smaller sigma_Delta) needs it to pass
+  `num_examples=stats.num_examples` too.
 
 Between noise and optimizer the updates travel as a `Carried` record that also
 holds 1/B_t and the LR multiplier, both public.
 
 Formal guarantees:
   Private mode (default). One step releases (clipped sum + N(0, (sigma_Delta S)^2
-  I), centered unclipped count + N(0, sigma_b^2)) with S = C_t times
+  I), centered unclipped count + N(0, sigma_b^2)) (or the raw count with
+  `count_centered=False`, sensitivity 1 instead of 1/2) with S = C_t times
   `microbatch_groups.sensitivity_factor(group_size)` the L2 sensitivity of
   the clipped sum to adding or removing one record, and sigma_Delta from
   `adaptive_clipping.gradient_noise_multiplier`. The pair is one Gaussian
@@ -154,7 +159,8 @@ def adaptive_noise(*, noise_multiplier: float, expected_batch_size,
                    count_noise_std: float, min_clip_norm: float,
                    max_clip_norm: float, nonprivate_percentile_clipping: bool,
                    history_size: int, group_size: int,
-                   lr_rule: ac.LrMultiplierRule | None
+                   lr_rule: ac.LrMultiplierRule | None,
+                   count_centered: bool = True
                    ) -> optax.GradientTransformationExtraArgs:
   """The noise stage: Gaussian noise at C_t, then C_{t+1} and gamma_{t+1}."""
   schedule = jnp.asarray(_as_schedule(expected_batch_size), jnp.float32)
@@ -163,7 +169,8 @@ def adaptive_noise(*, noise_multiplier: float, expected_batch_size,
     grad_multiplier = float(noise_multiplier)
   else:
     grad_multiplier = ac.gradient_noise_multiplier(
-        noise_multiplier, count_noise_std, ac.count_sensitivity(group_size))
+        noise_multiplier, count_noise_std,
+        ac.count_sensitivity(group_size, count_centered))
   noise_key, count_key = jax.random.split(noise_lib._check_key(key))  # pylint: disable=protected-access
   hist = history_size if nonprivate_percentile_clipping else 0
 
@@ -184,11 +191,14 @@ def adaptive_noise(*, noise_multiplier: float, expected_batch_size,
       num_unclipped, num_examples = updates.num_unclipped, updates.num_examples
       norms, norms_mask = updates.norms, updates.norms_mask
       updates = updates.total
-    if num_unclipped is None or num_examples is None:
+    if num_unclipped is None or (count_centered and num_examples is None):
       raise ValueError(
           'the DP-Adam-AC noise stage needs the extra arguments '
           'num_unclipped= and num_examples= (real clipping units in the '
-          'batch) from the training step, or a ClippedSum from its clip stage.')
+          'batch) from the training step, or a ClippedSum from its clip '
+          'stage (num_examples may be omitted only with count_centered=False).')
+    if not count_centered:
+      num_examples = None
     ctl = state.control
     c_t = ctl.clip_norm  # C_t of THIS step, before its update.
     b_t = schedule[jnp.minimum(ctl.step, schedule.shape[0] - 1)]
@@ -287,6 +297,7 @@ def dp_adam_ac_stages(
     max_clip_norm: float = math.inf,
     nonprivate_percentile_clipping: bool = False, history_size: int = 1000,
     group_size: int = 1, num_groups: int | None = None,
+    count_centered: bool = True,
     adapt_learning_rate: bool = True, lr_band: float = 0.10,
     lr_up: float = 1.01, lr_down: float = 0.995,
     lr_min_multiplier: float = 0.1, lr_max_multiplier: float = 2.0,
@@ -317,6 +328,10 @@ def dp_adam_ac_stages(
       to the sensitivity 2C; research path needs `num_groups` and
       `group_ids=` in update).
     num_groups: K groups per batch (group mode, research path).
+    count_centered: release the centered count (sensitivity 1/2 per record;
+      needs `num_examples=` from the training step). False releases the raw
+      count (sensitivity 1), which works with a step that passes only
+      `num_unclipped`, at the price of a larger sigma_Delta.
     adapt_learning_rate: apply the clip-rate LR multiplier.
     lr_band, lr_up, lr_down, lr_min_multiplier, lr_max_multiplier: its rule
       (`adaptive_clipping.LrMultiplierRule`), centred on the target clip
@@ -364,7 +379,8 @@ def dp_adam_ac_stages(
           min_clip_norm=float(min_clip_norm),
           max_clip_norm=float(max_clip_norm),
           nonprivate_percentile_clipping=bool(nonprivate_percentile_clipping),
-          history_size=history_size, group_size=group_size, lr_rule=lr_rule),
+          history_size=history_size, group_size=group_size, lr_rule=lr_rule,
+          count_centered=bool(count_centered)),
       normalize=normalize_carried(),
       optimizer=with_lr_multiplier(optax.adamw(
           learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)),

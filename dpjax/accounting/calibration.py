@@ -85,11 +85,12 @@ def calibrate_sigma(accountant: Any, *, target_epsilon: float, delta: float,
           f'target_epsilon={target_epsilon} is unreachable with sigma <= '
           f'{sigma_max} (q={q}, steps={steps}, delta={delta}).')
     e_hi = eps(hi)
-  lo = hi / 1.25
+  # Tight accountants need a few percent less noise than RDP says.
+  lo = hi * 0.92
   e_lo = eps(lo)
   while e_lo <= target_epsilon:
     hi, e_hi = lo, e_lo
-    lo = lo / 1.5
+    lo = lo / 1.3
     if lo < 1e-6:
       return hi
     e_lo = eps(lo)
@@ -112,7 +113,7 @@ def _refine(eps: Callable[[float], float], target: float, lo: float,
   a, b = (math.log(lo), math.log(hi)) if geometric else (lo, hi)
   xtol = rtol if geometric else rtol * hi
   try:
-    root = optimize.brentq(f, a, b, xtol=xtol / 4, rtol=1e-12, maxiter=100)
+    root = optimize.brentq(f, a, b, xtol=xtol / 2, rtol=1e-12, maxiter=100)
   except ValueError:
     root = b
   del root  # the smallest feasible point evaluated is within xtol of it

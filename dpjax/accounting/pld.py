@@ -55,60 +55,95 @@ def _ndtr(x):
   return special.ndtr(x)
 
 
-def _delta_remove(eps: np.ndarray, q: float, sigma: float) -> np.ndarray:
-  """H_{e^eps}(P||Q), P = (1-q)N(0)+qN(1), Q = N(0), noise std sigma."""
-  with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
-    arg = np.expm1(eps) + q  # e^eps - (1 - q)
-    x = sigma**2 * (np.log(arg) - math.log(q)) + 0.5
-    a = x / sigma
-    p_tail = (1 - q) * _ndtr(-a) + q * _ndtr(-(a - 1 / sigma))
-    q_tail = _ndtr(-a)
-    d = p_tail - np.exp(eps) * q_tail
-    d = np.where(arg <= 0, -np.expm1(eps), d)  # every outcome has loss > eps
-  return d
+def _gauss_interval(lo, hi):
+  """Phi(hi) - Phi(lo) for lo <= hi, from the tail where it is small."""
+  with np.errstate(invalid='ignore'):
+    return np.where(lo > 0, _ndtr(-lo) - _ndtr(-hi), _ndtr(hi) - _ndtr(lo))
 
 
-def _delta_add(eps: np.ndarray, q: float, sigma: float) -> np.ndarray:
-  """H_{e^eps}(P||Q), P = N(0), Q = (1-q)N(0)+qN(1)."""
-  with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
-    arg = np.expm1(-eps) + q  # e^-eps - (1 - q)
-    x = sigma**2 * (np.log(arg) - math.log(q)) + 0.5
-    a = x / sigma
-    p_tail = _ndtr(a)
-    q_tail = (1 - q) * _ndtr(a) + q * _ndtr(a - 1 / sigma)
-    d = p_tail - np.exp(eps) * q_tail
-    d = np.where(arg <= 0, 0.0, d)  # loss never exceeds -log(1-q)
-  return d
+def _pair(direction: str, q: float, sigma: float):
+  """Dominating pair of one step in the noise coordinate x (noise std sigma).
 
-
-def _delta_replace(eps: np.ndarray, q: float, sigma: float) -> np.ndarray:
-  """H_{e^eps}(P||Q), P = (1-q)N(0)+qN(-1), Q = (1-q)N(0)+qN(1)."""
-  with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
+  Returns (threshold, orientation, p_components, q_components): the privacy
+  loss L(x) = log(dP/dQ)(x) is monotone in x, L > eps iff x > threshold(eps)
+  (orientation +1) or x < threshold(eps) (orientation -1); each component
+  list holds (weight, mean) of Gaussians N(mean, sigma^2).
+  """
+  s2 = sigma * sigma
+  if direction == 'remove':
+    def threshold(eps):
+      with np.errstate(divide='ignore', invalid='ignore'):
+        arg = np.expm1(eps) + q  # e^eps - (1 - q)
+        x = s2 * (np.log(arg) - math.log(q)) + 0.5
+      return np.where(arg > 0, x, -np.inf)
+    comps_p = [(1 - q, 0.0), (q, 1.0)] if q < 1 else [(1.0, 1.0)]
+    return threshold, 1, comps_p, [(1.0, 0.0)]
+  if direction == 'add':
+    def threshold(eps):
+      with np.errstate(divide='ignore', invalid='ignore'):
+        arg = np.expm1(-eps) + q  # e^-eps - (1 - q)
+        x = s2 * (np.log(arg) - math.log(q)) + 0.5
+      return np.where(arg > 0, x, -np.inf)
+    comps_q = [(1 - q, 0.0), (q, 1.0)] if q < 1 else [(1.0, 1.0)]
+    return threshold, -1, [(1.0, 0.0)], comps_q
+  if direction == 'replace':
     if q == 1.0:
-      # Gaussian with sensitivity 2: loss L(x) = -2x/sigma^2, x ~ N(-1).
-      s = 2.0 / sigma
-      return _ndtr(-eps / s + s / 2) - np.exp(eps) * _ndtr(-eps / s - s / 2)
-    # Loss decreasing in x; L > eps iff w = exp(x/sigma^2) < w_eps, the
-    # positive root of  q c e^eps w^2 + (1-q)(e^eps - 1) w - q c = 0,
-    # c = exp(-1/(2 sigma^2)). Computed in log space.
-    log_c = -1.0 / (2 * sigma**2)
-    b = (1 - q) * np.expm1(eps)
-    # 4 * a * c' = 4 q^2 c^2 e^eps
-    log_4ac = math.log(4) + 2 * (math.log(q) + log_c) + eps
-    disc = np.sqrt(b * b + np.exp(log_4ac))
-    # b >= 0: w = 2qc / (b + disc); b < 0: w = (disc - b) / (2 q c e^eps).
-    log_w = np.where(
-        b >= 0,
-        math.log(2 * q) + log_c - np.log(b + disc),
-        np.log(disc - b) - (math.log(2 * q) + log_c + eps))
-    x = sigma**2 * log_w
-    p_tail = (1 - q) * _ndtr(x / sigma) + q * _ndtr((x + 1) / sigma)
-    q_tail = (1 - q) * _ndtr(x / sigma) + q * _ndtr((x - 1) / sigma)
-    return p_tail - np.exp(eps) * q_tail
+      # Gaussian with sensitivity 2: L(x) = -2x / sigma^2.
+      return (lambda eps: -s2 * np.asarray(eps) / 2.0), -1, [(1.0, -1.0)], [
+          (1.0, 1.0)]
+    log_c = -1.0 / (2 * s2)
+
+    def threshold(eps):
+      # L > eps iff w = exp(x/sigma^2) < w_eps, the positive root of
+      # q c e^eps w^2 + (1-q)(e^eps - 1) w - q c = 0, c = exp(-1/(2 sigma^2)).
+      eps = np.asarray(eps, dtype=np.float64)
+      with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
+        b = (1 - q) * np.expm1(eps)
+        disc = np.sqrt(b * b + np.exp(
+            math.log(4) + 2 * (math.log(q) + log_c) + eps))
+        log_w = np.where(
+            b >= 0, math.log(2 * q) + log_c - np.log(b + disc),
+            np.log(disc - b) - (math.log(2 * q) + log_c + eps))
+      return s2 * log_w
+    return threshold, -1, [(1 - q, 0.0), (q, -1.0)], [(1 - q, 0.0), (q, 1.0)]
+  raise ValueError(f'unknown direction {direction!r}')
 
 
-_DELTA_FNS = {'remove': _delta_remove, 'add': _delta_add,
-              'replace': _delta_replace}
+def _masses(direction: str, q: float, sigma: float, eps: np.ndarray):
+  """P and Q masses of {L <= eps_0}, (eps_{j-1}, eps_j] and {L > eps_m}."""
+  threshold, orient, comps_p, comps_q = _pair(direction, q, sigma)
+  x = threshold(eps)
+
+  def mass(comps):
+    below = 0.0
+    inner = 0.0
+    above = 0.0
+    for w, m in comps:
+      z = (x - m) / sigma
+      if orient > 0:
+        below = below + w * _ndtr(z[0])
+        inner = inner + w * _gauss_interval(z[:-1], z[1:])
+        above = above + w * _ndtr(-z[-1])
+      else:
+        below = below + w * _ndtr(-z[0])
+        inner = inner + w * _gauss_interval(z[1:], z[:-1])
+        above = above + w * _ndtr(z[-1])
+    return below, inner, above
+
+  return mass(comps_p), mass(comps_q)
+
+
+def _hockey_stick(direction: str, q: float, sigma: float,
+                  eps: np.ndarray) -> np.ndarray:
+  """delta(eps) = P(L > eps) - e^eps Q(L > eps) of one step, elementwise."""
+  threshold, orient, comps_p, comps_q = _pair(direction, q, sigma)
+  x = threshold(np.asarray(eps, dtype=np.float64))
+
+  def tail(comps):
+    return sum(w * _ndtr(orient * (m - x) / sigma) for w, m in comps)
+
+  with np.errstate(over='ignore', invalid='ignore'):
+    return tail(comps_p) - np.exp(eps) * tail(comps_q)
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
@@ -147,9 +182,12 @@ class _Pmf:
       if m.size > n:
         pad = (-m.size) % n
         m = np.concatenate([m, np.zeros(pad)]).reshape(-1, n).sum(axis=0)
-      if len(self._spectra) > 4:
+      spec = sp_fft.rfft(m, n)
+      if n > (1 << 21):  # do not keep very large spectra alive
+        return spec
+      if len(self._spectra) >= 2:
         self._spectra.clear()
-      self._spectra[n] = sp_fft.rfft(m, n)
+      self._spectra[n] = spec
     return self._spectra[n]
 
 
@@ -165,7 +203,7 @@ def _power(spec: np.ndarray, c: int) -> np.ndarray:
   return out
 
 
-def _loss_range(fn, q: float, sigma: float, direction: str
+def _loss_range(q: float, sigma: float, direction: str
                 ) -> tuple[float, float]:
   """Losses outside [lo, hi] carry negligible mass (hi: delta < 1e-30)."""
   mu = 1.0 / sigma
@@ -176,7 +214,7 @@ def _loss_range(fn, q: float, sigma: float, direction: str
     hi = -math.log1p(-q) if q < 1 else hi_cap
   else:
     cands = np.linspace(0.0, hi_cap, 4001)[1:]
-    d = fn(cands, q, sigma)
+    d = _hockey_stick(direction, q, sigma, cands)
     ok = np.nonzero(d < 1e-30)[0]
     hi = float(cands[ok[0]]) if ok.size else hi_cap
   if direction == 'remove':
@@ -194,27 +232,36 @@ def _loss_range(fn, q: float, sigma: float, direction: str
 
 
 def single_step_pmf(q: float, sigma: float, direction: str, h: float) -> _Pmf:
-  """Connect-the-dots PLD of one step on the grid k * h (pessimistic)."""
-  fn = _DELTA_FNS[direction]
-  lo, hi = _loss_range(fn, q, sigma, direction)
+  """Connect-the-dots PLD of one step on the grid k * h (pessimistic).
+
+  The P-mass of each interval (eps_{j-1}, eps_j] of the loss is split
+  between its two end points so that the PLD's hockey-stick curve
+  interpolates the exact one linearly in e^eps at the grid points; the mass
+  above the top grid point goes to the top point (the part e^eps_m Q(L >
+  eps_m)) and to +inf (the rest, which is delta(eps_m)). All terms are
+  non-negative: no cancellation.
+  """
+  lo, hi = _loss_range(q, sigma, direction)
   k0 = int(math.floor(lo / h))
   k1 = int(math.ceil(hi / h))
   eps = np.arange(k0, k1 + 1) * h
-  d = fn(eps, q, sigma)
-  d = np.clip(d, np.maximum(0.0, -np.expm1(eps)), 1.0)
-  # Enforce monotonicity (guards float64 round-off; keeps the upper envelope).
-  d = np.maximum.accumulate(d[::-1])[::-1]
-  # D_j = delta_{j-1} - delta_j; slopes B_j e^{eps_j} = D_j / (1 - e^{-h}).
-  one_m = -math.expm1(-h)
-  diff = d[:-1] - d[1:]                       # j = 1..m
-  be = diff / one_m                           # e^{eps_j} B_j
-  nxt = np.append(be[1:], 0.0) * math.exp(-h)  # e^{eps_j} B_{j+1}
-  p = np.empty_like(d)
-  p[1:] = be - nxt
-  p[0] = 1.0 - d[0] - math.exp(-h) * be[0]    # 1 - delta_0 - e^{eps_0} B_1
-  p = np.maximum(p, 0.0)
-  inf_mass = float(d[-1])
-  return _Pmf(k0, p, inf_mass, h)
+  (p_below, p_in, p_above), (_, q_in, q_above) = _masses(direction, q, sigma,
+                                                         eps)
+  e_lo = np.exp(eps[:-1])
+  with np.errstate(divide='ignore', invalid='ignore'):
+    # Position of E_Q[e^L | interval] between e^{eps_{j-1}} and e^{eps_j}.
+    theta = (p_in / (q_in * e_lo) - 1.0) / math.expm1(h)
+  theta = np.where(q_in > 0, np.clip(theta, 0.0, 1.0), 1.0)
+  lower = np.minimum(p_in, e_lo * (1 - theta) * q_in)  # to eps_{j-1}
+  upper = p_in - lower                                 # to eps_j
+  mass = np.zeros(eps.size)
+  mass[:-1] += lower
+  mass[1:] += upper
+  mass[0] += p_below
+  top = math.exp(eps[-1]) * q_above
+  mass[-1] += min(top, p_above)
+  inf_mass = max(0.0, float(p_above - top))
+  return _Pmf(k0, mass, inf_mass, h)
 
 
 class PldAccountant:
@@ -240,7 +287,7 @@ class PldAccountant:
   is_upper_bound = True
 
   def __init__(self, value_discretization_interval: float = 1e-4,
-               tail_bound: float = 1e-15, max_bins: int = 1 << 23,
+               tail_bound: float = 1e-15, max_bins: int = 1 << 22,
                cache_size: int = 64):
     if not value_discretization_interval > 0:
       raise ValueError('value_discretization_interval must be > 0, got '
@@ -385,6 +432,30 @@ def _delta_from_pmf(losses, mass, inf_mass, eps) -> float:
   return min(1.0, max(0.0, d))
 
 
+def _suffix_sums(losses, mass):
+  """S1_j = sum_{k>=j} p_k and S2_j = sum_{k>=j} p_k e^{ref_j - l_k}.
+
+  ref_j is piecewise constant (chunks of 600 nats of loss, from the top),
+  so no exponent exceeds 600 and terms far above l_j underflow harmlessly.
+  """
+  s1 = np.cumsum(mass[::-1])[::-1]
+  s2 = np.empty_like(mass)
+  ref = np.empty_like(mass)
+  end = len(losses)
+  carry, r_prev = 0.0, None
+  while end > 0:
+    r = float(losses[end - 1])
+    start = int(np.searchsorted(losses, r - 600.0, side='left'))
+    if r_prev is not None:
+      carry *= math.exp(r - r_prev)
+    w = mass[start:end] * np.exp(r - losses[start:end])
+    s2[start:end] = np.cumsum(w[::-1])[::-1] + carry
+    ref[start:end] = r
+    carry, r_prev = float(s2[start]), r
+    end = start
+  return s1, s2, ref
+
+
 def _eps_from_pmf(losses, mass, inf_mass, delta) -> float:
   if inf_mass >= delta:
     return math.inf
@@ -393,16 +464,13 @@ def _eps_from_pmf(losses, mass, inf_mass, delta) -> float:
     return 0.0
   if start > 0:  # eps >= 0: losses below 0 never enter delta(eps >= 0)
     losses, mass = losses[start - 1:], mass[start - 1:]
-  # delta(eps) on segment (l_{j-1}, l_j]: inf + S1_j - e^eps S2_j.
-  ref = losses[-1]
-  s1 = np.cumsum(mass[::-1])[::-1]
-  with np.errstate(over='ignore'):
-    w = mass * np.exp(np.clip(ref - losses, None, 700.0))
-  s2 = np.cumsum(w[::-1])[::-1]
-  # delta at eps = l_j (mass strictly above l_j).
+  # On the segment (l_{j-1}, l_j]: delta(eps) = inf + S1_j - e^eps S2_j.
+  s1, s2, ref = _suffix_sums(losses, mass)
+  # delta at eps = l_j (mass strictly above l_j), S2 taken at j + 1.
   s1_above = np.append(s1[1:], 0.0)
   s2_above = np.append(s2[1:], 0.0)
-  d_at = inf_mass + s1_above - np.exp(losses - ref) * s2_above
+  ref_above = np.append(ref[1:], ref[-1])
+  d_at = inf_mass + s1_above - np.exp(losses - ref_above) * s2_above
   ok = np.nonzero(d_at <= delta)[0]
   j = int(ok[0])
   if j == 0:
@@ -410,6 +478,6 @@ def _eps_from_pmf(losses, mass, inf_mass, delta) -> float:
   num = inf_mass + s1[j] - delta
   if s2[j] <= 0 or num <= 0:
     return max(0.0, float(losses[j]))
-  eps = ref + math.log(num / s2[j])
+  eps = ref[j] + math.log(num / s2[j])
   eps = min(max(eps, float(losses[j - 1])), float(losses[j]))
   return max(0.0, eps)

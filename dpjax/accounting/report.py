@@ -27,7 +27,7 @@ from typing import Any, Iterable, Sequence
 
 from dpjax.accounting import ledger as ledger_lib
 
-GUARANTEE = 'guarantee'
+GUARANTEE = 'accountable phases'
 NOT_A_GUARANTEE = 'not a guarantee (shuffled batches accounted as Poisson)'
 
 
@@ -42,6 +42,11 @@ def _rows(phases, delta, accountants, neighbouring, basis) -> list[dict]:
     try:
       row['epsilon'] = float(acc.epsilon(phases, delta, neighbouring))
       row['details'] = acc.describe()
+      if hasattr(acc, 'error_bounds'):
+        b = acc.error_bounds(phases, delta, neighbouring)
+        row['details']['error_bound'] = (
+            b.get('message') or b.get('reason') or
+            f"eps in [{b['eps_lower']:.4g}, {b['eps_upper']:.4g}]")
     except NotImplementedError as e:
       row['epsilon'] = math.nan
       row['details'] = {'not_available': str(e)}

@@ -52,8 +52,8 @@ class BertConfig:
     head: 'classification' (logits) or 'none' (hidden states).
     num_labels: classifier outputs for `head='classification'`.
     classifier_dropout: dropout before the classifier (None: hidden dropout).
-    add_pooling_layer: whether the encoder has the pooler (BERT
-      classification needs it; RoBERTa classification has none).
+    add_pooling_layer: whether the encoder has the pooler; implied by
+      `head='classification'` (BERT: yes; RoBERTa: no, as in transformers).
     head_init_seed: seed of the initialization `params_from_hf` gives head
       parameters that a checkpoint lacks (e.g. a plain `BertModel`).
     param_dtype, dtype: parameter and computation dtypes.
@@ -89,14 +89,10 @@ class BertConfig:
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(f'hidden_size ({self.hidden_size}) must be divisible '
                        f'by num_attention_heads ({self.num_attention_heads}).')
-    if self.head == 'classification' and self.num_labels < 1:
-      raise ValueError(f'num_labels must be >= 1, got {self.num_labels}.')
     if self.head == 'classification':
-      needs_pooler = self.family == 'bert'
-      if self.add_pooling_layer != needs_pooler:
-        raise ValueError(
-            f'add_pooling_layer must be {needs_pooler} for family '
-            f"{self.family!r} with head='classification'.")
+      if self.num_labels < 1:
+        raise ValueError(f'num_labels must be >= 1, got {self.num_labels}.')
+      object.__setattr__(self, 'add_pooling_layer', self.family == 'bert')
     layers.activation(self.hidden_act)
     for field in ('param_dtype', 'dtype'):
       object.__setattr__(self, field,
@@ -292,9 +288,6 @@ def build(**fields: Any) -> tuple[BertModule, BertConfig]:
   """Builds `(module, config)`; unspecified fields take family defaults."""
   family = fields.get('family', 'bert')
   merged = dict(_FAMILY_DEFAULTS.get(family, {}))
-  if (family == 'roberta' and fields.get('head', 'classification')
-      == 'classification'):
-    merged['add_pooling_layer'] = False
   merged.update(fields)
   config = BertConfig(**merged)
   return BertModule(config), config
@@ -329,9 +322,7 @@ def from_hf_config(config_json: dict) -> BertConfig:
     labels = config_json.get('id2label')
     fields['num_labels'] = (len(labels) if labels else
                             config_json.get('num_labels', 2))
-  dtype = config_json.get('torch_dtype') or config_json.get('dtype')
-  if dtype in ('bfloat16', 'float16'):
-    fields['param_dtype'] = fields['dtype'] = dtype
+  fields.update(layers.hf_dtype_fields(config_json))
   return build(family=family, **fields)[1]
 
 
@@ -417,7 +408,8 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: BertConfig) -> dict:
   `head='classification'`, head parameters the checkpoint lacks (a plain
   `BertModel` such as all-MiniLM-L6-v2; the pooler too if it is missing)
   get the seeded initialization of `config.head_init_seed`. Buffers
-  (`position_ids`) and MLM/NSP heads (`cls.*`, `lm_head.*`) are ignored.
+  (`position_ids`), MLM/NSP heads (`cls.*`, `lm_head.*`) and, without
+  `add_pooling_layer`, the pooler are ignored (as transformers does).
   """
   prefix = config.family + '.'
   body = {k.removeprefix(prefix): v for k, v in tensors.items()}
@@ -433,7 +425,9 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: BertConfig) -> dict:
   spec = [e for e in spec if e[1][0] not in fill]
   params = layers.params_from_spec(body, spec, jnp.dtype(config.param_dtype))
   params.update(_init_head(config, fill))
-  layers.check_consumed(body, _BUFFERS + _IGNORED_HEADS)
+  ignored = _BUFFERS + _IGNORED_HEADS
+  layers.check_consumed(body, ignored + (() if config.add_pooling_layer
+                                         else ('pooler.',)))
   return params
 
 

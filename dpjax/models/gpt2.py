@@ -202,9 +202,7 @@ def from_hf_config(config_json: dict) -> GPT2Config:
     raise ValueError("config_json['add_cross_attention'] must be false: "
                      'the encoder-decoder GPT-2 is not supported.')
   fields = {k: config_json[k] for k in _HF_FIELDS if k in config_json}
-  dtype = config_json.get('torch_dtype') or config_json.get('dtype')
-  if dtype in ('bfloat16', 'float16'):
-    fields['param_dtype'] = fields['dtype'] = dtype
+  fields.update(layers.hf_dtype_fields(config_json))
   return GPT2Config(**fields)
 
 

@@ -90,17 +90,6 @@ def causal_bias(length: int, dtype: Dtype) -> jax.Array:
       None, None]
 
 
-def combine_bias(*biases: jax.Array | None) -> jax.Array | None:
-  """Sums additive biases, clamping at `finfo.min` to avoid -inf."""
-  present = [b for b in biases if b is not None]
-  if not present:
-    return None
-  total = present[0]
-  for b in present[1:]:
-    total = total + b
-  return jnp.maximum(total, jnp.finfo(total.dtype).min)
-
-
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                           bias: jax.Array | None,
                           dropout: Callable[[jax.Array], jax.Array] | None
@@ -133,21 +122,6 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   return jnp.einsum('bhts,bshd->bthd', probs, v)
 
 
-def torch_linear_to_kernel(weight: np.ndarray) -> np.ndarray:
-  """torch `nn.Linear.weight` [out, in] -> Flax Dense kernel [in, out]."""
-  return np.ascontiguousarray(np.asarray(weight).T)
-
-
-def split_hf_prefix(tensors: dict[str, np.ndarray], prefixes: tuple[str, ...]
-                    ) -> dict[str, np.ndarray]:
-  """Strips the first of `prefixes` (e.g. 'bert.') that any key starts with."""
-  for prefix in prefixes:
-    if any(k.startswith(prefix) for k in tensors):
-      return {(k[len(prefix):] if k.startswith(prefix) else k): v
-              for k, v in tensors.items()}
-  return dict(tensors)
-
-
 def take(tensors: dict[str, np.ndarray], key: str, shape: tuple[int, ...],
          dtype: Any) -> np.ndarray:
   """Pops `key` from `tensors` checking its shape; casts to `dtype`."""
@@ -169,6 +143,14 @@ def check_consumed(tensors: dict[str, np.ndarray], ignore: tuple[str, ...] = ()
     raise ValueError(f'tensors has {len(left)} entries the model config does '
                      f'not use, e.g. {left[:5]}; check the config (number of '
                      'layers, head type) against the checkpoint.')
+
+
+def hf_dtype_fields(config_json: dict) -> dict:
+  """`param_dtype`/`dtype` fields for a bf16/fp16 HF config (else none)."""
+  dtype = config_json.get('torch_dtype') or config_json.get('dtype')
+  if dtype in ('bfloat16', 'float16'):
+    return {'param_dtype': dtype, 'dtype': dtype}
+  return {}
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -213,3 +195,61 @@ def params_to_spec(params: Any, spec: Spec) -> dict[str, np.ndarray]:
                        f'expected {shape} (torch layout) from the config.')
     out[hf_key] = value
   return out
+
+
+def rope(x: jax.Array, theta: float) -> jax.Array:
+  """Rotate-half RoPE at positions 0..T-1 for x [B, T, H, D]."""
+  dim = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+  freqs = jnp.arange(x.shape[1], dtype=jnp.float32)[:, None] * inv_freq
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  cos = jnp.cos(emb).astype(x.dtype)[None, :, None, :]
+  sin = jnp.sin(emb).astype(x.dtype)[None, :, None, :]
+  half = dim // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return x * cos + rotated * sin
+
+
+# BitNet b1.58 quantization (transformers.integrations.bitnet numerics).
+
+def straight_through(x: jax.Array, q: jax.Array) -> jax.Array:
+  """Forward value exactly `q`; gradient identity with respect to `x`."""
+  return (x - jax.lax.stop_gradient(x)) + jax.lax.stop_gradient(q)
+
+
+def weight_quant(w: jax.Array) -> jax.Array:
+  """Ternary absmean quantization with STE (transformers `WeightQuant`)."""
+  w32 = w.astype(jnp.float32)
+  scale = 1.0 / jnp.maximum(jnp.mean(jnp.abs(w32)), 1e-5)
+  q = (jnp.clip(jnp.round(w32 * scale), -1, 1) / scale).astype(w.dtype)
+  return straight_through(w, q)
+
+
+def activation_quant(x: jax.Array) -> jax.Array:
+  """8-bit absmax per-token quantization with STE (`ActQuant`)."""
+  x32 = x.astype(jnp.float32)
+  peak = jnp.max(jnp.abs(x32), axis=-1, keepdims=True)
+  scale = 127.0 / jnp.maximum(peak, 1e-5)
+  q = (jnp.clip(jnp.round(x32 * scale), -128, 127) / scale).astype(x.dtype)
+  return straight_through(x, q)
+
+
+TERNARY_PER_BYTE = 4  # 2-bit codes, packed along the output axis.
+
+
+def pack_ternary(t: np.ndarray) -> np.ndarray:
+  """Packs ternary [out, in] to uint8 [out/4, in] as transformers does."""
+  rows = -(-t.shape[0] // TERNARY_PER_BYTE)
+  codes = (np.asarray(t) + 1).astype(np.uint8)
+  packed = np.zeros((rows,) + t.shape[1:], np.uint8)
+  for i in range(TERNARY_PER_BYTE):
+    chunk = codes[i * rows:(i + 1) * rows]
+    packed[:len(chunk)] |= chunk << (2 * i)
+  return packed
+
+
+def unpack_ternary(packed: np.ndarray) -> np.ndarray:
+  """Inverse of `pack_ternary`: float32 [4 * rows, in] in {-1, 0, 1}."""
+  packed = np.asarray(packed, np.uint8)
+  parts = [(packed >> (2 * i)) & 3 for i in range(TERNARY_PER_BYTE)]
+  return np.concatenate(parts, axis=0).astype(np.float32) - 1.0
