@@ -44,6 +44,9 @@ def get_config():
   # ---- Data ----
   config.data = ml_collections.ConfigDict()
   config.data.corpus = 'shakespeare'   # shakespeare (embedded)
+  config.data.task = 'lm'              # lm (causal LM) | genre (passage -> genre classification)
+  config.data.genres = ('comedy', 'tragedy')  # genre task: the classes
+  config.data.passage_chars = 200      # genre task: minimum passage length
   config.data.tokenizer = 'byte'       # byte | model (the pretrained model's own)
   config.data.seq_len = 64             # Tokens per record (one packed sequence).
   config.data.heldout_works = ('twelfth_night', 'antony_and_cleopatra', 'richard_ii')

@@ -73,6 +73,22 @@ def validate(config) -> None:
     _number(config, 'peft.lora_alpha', 0, lo_open=True)
 
   _choice(config, 'data.corpus', ('shakespeare',))
+  task = _choice(config, 'data.task', ('lm', 'genre'))
+  family = _get(config, 'model.family')
+  if task == 'genre':
+    _check(family in ('bert', 'roberta'), 'model.family', family,
+           "'bert' or 'roberta' for data.task='genre'")
+    genres = tuple(_get(config, 'data.genres'))
+    _check(len(genres) >= 2 and len(set(genres)) == len(genres) and
+           all(g in ('comedy', 'tragedy', 'history') for g in genres),
+           'data.genres', genres, '>= 2 distinct of comedy, tragedy, history')
+    _number(config, 'data.passage_chars', 1, integer=True)
+  elif family in ('bert', 'roberta'):
+    raise ConfigError('data.task', f"'lm' with the encoder family {family!r}",
+                      "'genre' (sequence classification) for encoders")
+  if family in ('bert', 'roberta'):
+    _check(init != 'random', 'model.init', init,
+           "'hf' (a local folder) for the encoder families")
   _choice(config, 'data.tokenizer', ('byte', 'model'))
   _number(config, 'data.seq_len', 2, integer=True)
   _number(config, 'data.max_train_records', 0, integer=True)

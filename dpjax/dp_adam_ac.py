@@ -87,6 +87,11 @@ class Carried(NamedTuple):
 class NoiseStageState(NamedTuple):
   noise: noise_lib.NoiseState        # gradient-noise key
   control: ac.AdaptiveClipState      # C_t, count key, LR multiplier, history
+  # () float32: gradient-noise std / (S = sensitivity factor x C_t), i.e.
+  # sigma_Delta (private mode) or z. Set at init from the construction
+  # arguments; kept in the state (as optax.inject_hyperparams does) so that
+  # one compiled step serves every noise level.
+  grad_multiplier: jax.Array
 
 
 # ---------------------------------------------------------------------------
@@ -165,7 +170,11 @@ def adaptive_noise(*, noise_multiplier: float, expected_batch_size,
   """The noise stage: Gaussian noise at C_t, then C_{t+1} and gamma_{t+1}."""
   schedule = jnp.asarray(_as_schedule(expected_batch_size), jnp.float32)
   sens = microbatch_groups.sensitivity_factor(group_size)
-  if nonprivate_percentile_clipping or noise_multiplier == 0:
+  # The count is released only when something reads it.
+  uses_count = (nonprivate_percentile_clipping or clip_learning_rate > 0 or
+                lr_rule is not None)
+  if (nonprivate_percentile_clipping or noise_multiplier == 0 or
+      not uses_count):
     grad_multiplier = float(noise_multiplier)
   else:
     grad_multiplier = ac.gradient_noise_multiplier(
@@ -181,7 +190,8 @@ def adaptive_noise(*, noise_multiplier: float, expected_batch_size,
         control=ac.init_state(initial_clip_norm=initial_clip_norm,
                               count_key=count_key,
                               target_quantile=target_quantile,
-                              history_size=hist))
+                              history_size=hist),
+        grad_multiplier=jnp.asarray(grad_multiplier, jnp.float32))
 
   def update_fn(updates, state, params=None, *, num_unclipped=None,
                 num_examples=None, norms=None, norms_mask=None,
@@ -203,16 +213,19 @@ def adaptive_noise(*, noise_multiplier: float, expected_batch_size,
     c_t = ctl.clip_norm  # C_t of THIS step, before its update.
     b_t = schedule[jnp.minimum(ctl.step, schedule.shape[0] - 1)]
     key, sub = jax.random.split(state.noise.key)
-    std = grad_multiplier * sens * c_t
+    std = state.grad_multiplier * sens * c_t
     noise = noise_lib.tree_gaussian(sub, updates, std)
     noised = jax.tree.map(
         lambda u, n: (u.astype(jnp.float32) + n).astype(u.dtype), updates,
         noise)
 
     count_key, sub_c = jax.random.split(ctl.count_key)
-    frac = ac.privatized_unclipped_fraction(
-        num_unclipped, num_examples, count_noise_std=count_noise_std,
-        expected_units=b_t, key=sub_c)
+    if uses_count:
+      frac = ac.privatized_unclipped_fraction(
+          num_unclipped, num_examples, count_noise_std=count_noise_std,
+          expected_units=b_t, key=sub_c)
+    else:  # fixed C, no LR rule: DP-AdamW; nothing about the count leaves.
+      frac = ctl.unclipped_fraction
     history, history_count = ctl.history, ctl.history_count
     if nonprivate_percentile_clipping:
       if norms is None or norms_mask is None:
@@ -239,7 +252,8 @@ def adaptive_noise(*, noise_multiplier: float, expected_batch_size,
         history_count=history_count)
     out = Carried(noised, (1.0 / b_t).astype(jnp.float32), gamma)
     return out, NoiseStageState(noise=noise_lib.NoiseState(key=key),
-                                control=control)
+                                control=control,
+                                grad_multiplier=state.grad_multiplier)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -318,7 +332,10 @@ def dp_adam_ac_stages(
     initial_clip_norm: C_0 > 0.
     target_quantile: gamma in (0, 1), the target unclipped fraction (1 - the
       paper's target clip rate rho*).
-    clip_learning_rate: eta of the geometric update (private mode).
+    clip_learning_rate: eta of the geometric update (private mode). With
+      0 and `adapt_learning_rate=False` no count is released, the gradient
+      noise multiplier is z and the chain is DP-AdamW at the fixed clip norm
+      `initial_clip_norm` (the baseline, sharing this chain's state layout).
     count_noise_std: sigma_b (default: B_0 / 20, Andrew et al.).
     min_clip_norm, max_clip_norm: clamp of C_{t+1} (both modes).
     nonprivate_percentile_clipping: the paper's percentile-of-history rule on

@@ -8,13 +8,16 @@ record, and the report names the unit.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
 import numpy as np
 
+from dpjax.data import classification
 from dpjax.data import packing
 from dpjax.data import shakespeare
+from dpjax.data import tasks
 from dpjax.data import tokenizers
 
 
@@ -34,8 +37,55 @@ def _take(ds: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
   return {key: v[:k] for key, v in ds.items()} if k else ds
 
 
-def build(data_config, tokenizer=None) -> Datasets:
+class _PlainTokens:
+  """A Hugging Face tokenizer's plain tokens: no special tokens, no padding."""
+
+  def __init__(self, hf_tokenizer):
+    tok = copy.deepcopy(hf_tokenizer.tokenizer)
+    tok.no_padding()
+    tok.no_truncation()
+    self._tok = tok
+    self.pad_id = hf_tokenizer.pad_id
+    self.eos_id = hf_tokenizer.eos_id
+
+  def encode(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def token_id(self, token: str):
+    return self._tok.token_to_id(token)
+
+
+def build_genre(data_config, tokenizer, seed: int) -> Datasets:
+  """The Shakespeare genre-classification task (split by work, balanced)."""
+  task = classification.make_genre_task(
+      seed, genres=tuple(data_config.genres),
+      passage_chars=data_config.passage_chars)
+  plain = _PlainTokens(tokenizer)
+  cls_id = plain.token_id('[CLS]')
+  if cls_id is None:
+    cls_id = plain.token_id('<s>')
+  sep_id = plain.token_id('[SEP]')
+  if sep_id is None:
+    sep_id = plain.token_id('</s>')
+
+  def make(passages):
+    texts, labels = classification.GenreTask.arrays(passages)
+    return tasks.encode_classification(texts, labels, plain,
+                                       data_config.seq_len, cls_id=cls_id,
+                                       sep_id=sep_id)
+
+  train = _take(make(task.train), data_config.max_train_records)
+  held = _take(make(task.heldout), data_config.max_eval_records)
+  unit = (f'one passage of >= {data_config.passage_chars} characters '
+          f'labelled {"/".join(task.label_names)} (held-out works '
+          f'{", ".join(task.heldout_works)})')
+  return Datasets(train=train, heldout=held, tokenizer=tokenizer, unit=unit)
+
+
+def build(data_config, tokenizer=None, seed: int = 0) -> Datasets:
   """Datasets from `config.data`; `tokenizer` overrides the byte tokenizer."""
+  if data_config.task == 'genre':
+    return build_genre(data_config, tokenizer, seed)
   if tokenizer is None:
     tokenizer = tokenizers.ByteTokenizer()
   train_texts, held_texts = shakespeare.load_split(

@@ -24,7 +24,9 @@ Formal guarantees:
   The Exponential is drawn with RATE lam, as accounted (the artifact drew it
   with scale lam, §5.9b). The key is split on every update and never reused;
   noise is drawn once for the whole (replicated) sum, in float32. Floating
-  point sampling artefacts are not modelled.
+  point sampling artefacts are not modelled. With u_a = 0 the inverse scale
+  eps' can come arbitrarily close to 0, so a coordinate's noise is
+  occasionally enormous: that is the mechanism's law, not a bug.
 """
 
 from __future__ import annotations

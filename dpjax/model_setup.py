@@ -107,18 +107,8 @@ def _split(config, params, key):
   return trainable, frozen, spec.combine
 
 
-def create(config) -> Model:
-  """Builds the model described by `config.model` and `config.peft`."""
-  if config.model.init == 'random':
-    module, model_cfg, params, tok = _random_init(config)
-  else:
-    module, model_cfg, params, tok = _pretrained(config)
-  family = getattr(model_cfg, 'family', config.model.family)
-  if config.data.tokenizer == 'model' and tok is None:
-    raise ConfigError('data.tokenizer', "'model' needs a pretrained model "
-                      'with a tokenizer', "'byte' for random-init models")
-  trainable, frozen, combine = _split(
-      config, params, jax.random.fold_in(jax.random.key(config.seed), 11))
+def _lm_fns(module, model_cfg, combine):
+  """Per-record loss and batch evaluation for causal LM records."""
   dropout = getattr(model_cfg, 'dropout_rate', 0.0) > 0
 
   def logits_of(full, inputs, key):
@@ -137,12 +127,82 @@ def create(config) -> Model:
     return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
 
   def eval_fn(full, batch):
+    """(summed token loss, counted tokens, correct next-token guesses)."""
     logits = module.apply({'params': full}, batch['inputs'],
-                          deterministic=True)
-    ce = optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), batch['targets'])
+                          deterministic=True).astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                         batch['targets'])
     w = batch['weights']
-    return jnp.sum(ce * w), jnp.sum(w)
+    correct = (jnp.argmax(logits, -1) == batch['targets']) * w
+    return jnp.sum(ce * w), jnp.sum(w), jnp.sum(correct)
+
+  return loss_fn, eval_fn
+
+
+def _classification_fns(module, combine):
+  """Per-record loss and batch evaluation for sequence classification."""
+
+  def call(full, batch, deterministic, key=None):
+    kwargs = dict(attention_mask=batch['attention_mask'],
+                  deterministic=deterministic)
+    if 'token_type_ids' in batch:
+      kwargs['token_type_ids'] = batch['token_type_ids']
+    rngs = None if deterministic else {'dropout': key}
+    return module.apply({'params': full}, batch['inputs'], rngs=rngs,
+                        **kwargs).astype(jnp.float32)
+
+  def loss_fn(trainable, frozen, example, key):
+    one = jax.tree.map(lambda x: x[None], example)
+    logits = call(combine(trainable, frozen), one, False, key)[0]
+    return optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                           example['label'])
+
+  def eval_fn(full, batch):
+    logits = call(full, batch, True)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                         batch['label'])
+    # Padded eval rows have an all-zero attention mask: not counted.
+    w = (jnp.sum(batch['attention_mask'], -1) > 0).astype(jnp.float32)
+    correct = (jnp.argmax(logits, -1) == batch['label']) * w
+    return jnp.sum(ce * w), jnp.sum(w), jnp.sum(correct)
+
+  return loss_fn, eval_fn
+
+
+def _with_classifier(config, module, model_cfg, params):
+  """Adds a seeded classification head to a pretrained encoder."""
+  from dpjax.models import bert  # pylint: disable=g-import-not-at-top
+  model_cfg = dataclasses.replace(model_cfg, head='classification',
+                                  num_labels=len(config.data.genres),
+                                  head_init_seed=config.seed)
+  module, model_cfg = models.build_model(
+      model_cfg.family, **{k: v for k, v in dataclasses.asdict(model_cfg).items()
+                           if k != 'family'})
+  missing = {'classifier'} - set(params)
+  params = dict(params)
+  params.update(jax.tree.map(jnp.asarray, bert._init_head(model_cfg, missing)))  # pylint: disable=protected-access
+  return module, model_cfg, params
+
+
+def create(config) -> Model:
+  """Builds the model described by `config.model` and `config.peft`."""
+  if config.model.init == 'random':
+    module, model_cfg, params, tok = _random_init(config)
+  else:
+    module, model_cfg, params, tok = _pretrained(config)
+  family = getattr(model_cfg, 'family', config.model.family)
+  if config.data.task == 'genre':
+    module, model_cfg, params = _with_classifier(config, module, model_cfg,
+                                                 params)
+  if config.data.tokenizer == 'model' and tok is None:
+    raise ConfigError('data.tokenizer', "'model' needs a pretrained model "
+                      'with a tokenizer', "'byte' for random-init models")
+  trainable, frozen, combine = _split(
+      config, params, jax.random.fold_in(jax.random.key(config.seed), 11))
+  if config.data.task == 'genre':
+    loss_fn, eval_fn = _classification_fns(module, combine)
+  else:
+    loss_fn, eval_fn = _lm_fns(module, model_cfg, combine)
 
   n_train = sum(x.size for x in jax.tree.leaves(trainable))
   n_all = n_train + sum(x.size for x in jax.tree.leaves(frozen))

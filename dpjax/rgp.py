@@ -24,6 +24,20 @@ step:
    which does not give dW back at full rank; the default is the RGP paper's
    minus sign.
 
+Use in a training step (per-example carrier gradients without [B, in, out]):
+
+    bases, rgp_state = rgp_bases(config, rgp_state, params)
+    carriers = carriers_of(bases)
+    def loss_c(c, example):
+      return loss_fn(merge(params, bases, c), example)
+    per_ex = jax.vmap(jax.grad(loss_c), in_axes=(None, 0))(carriers, batch)
+    noised = privatize(per_ex, mask, l2_clip_norm=C, noise_multiplier=sigma,
+                       key=key)               # add other trained leaves too
+    update = full_update(params, reconstruct(noised, bases,
+                                             config.cross_sign))
+    rgp_state = update_history(config, rgp_state, reconstruct(...))
+    # divide by the expected batch size, then Adam on the full weights.
+
 Formal guarantees:
   The bases depend only on previously released values (weights or privatized
   updates) and fresh randomness, so conditioned on them the carriers are a

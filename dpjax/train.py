@@ -122,10 +122,10 @@ def _schedule(config):
 
 
 def evaluate(eval_fn, params_full, heldout: dict[str, np.ndarray],
-             batch_size: int, batch_sh) -> float:
-  """Mean held-out loss per counted token."""
+             batch_size: int, batch_sh) -> tuple[float, float]:
+  """(mean held-out loss, accuracy) per counted token or example."""
   n = next(iter(heldout.values())).shape[0]
-  total, count = 0.0, 0.0
+  total, count, correct = 0.0, 0.0, 0.0
   for start in range(0, n, batch_size):
     chunk = {k: v[start:start + batch_size] for k, v in heldout.items()}
     pad = batch_size - next(iter(chunk.values())).shape[0]
@@ -133,10 +133,11 @@ def evaluate(eval_fn, params_full, heldout: dict[str, np.ndarray],
       chunk = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
                for k, v in chunk.items()}
     chunk = jax.device_put(chunk, batch_sh)
-    s, c = eval_fn(params_full, chunk)
+    s, c, k = eval_fn(params_full, chunk)
     total += float(s)
     count += float(c)
-  return total / max(count, 1.0)
+    correct += float(k)
+  return total / max(count, 1.0), correct / max(count, 1.0)
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
@@ -144,8 +145,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   configuration.validate(config)
   os.makedirs(workdir, exist_ok=True)
   model = model_setup.create(config)
-  tokenizer = model.tokenizer if config.data.tokenizer == 'model' else None
-  data = input_pipeline.build(config.data, tokenizer)
+  tokenizer = (model.tokenizer if config.data.tokenizer == 'model' or
+               config.data.task == 'genre' else None)
+  data = input_pipeline.build(config.data, tokenizer, seed=config.seed)
   configuration.validate_against_data(config, data.train_size)
   plan = plan_privacy(config, data.train_size)
 
@@ -259,9 +261,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   final = evaluate_both(model, state, frozen, data, config, eval_fn, batch_sh)
   recs = metrics_lib.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
-  final['eval_loss_initial'] = next(
-      (r['eval_loss'] for r in recs if r['step'] == 0 and 'eval_loss' in r),
-      None)
+  initial = next((r for r in recs if r['step'] == 0 and 'eval_loss' in r),
+                 {})
+  final['eval_loss_initial'] = initial.get('eval_loss')
+  final['eval_accuracy_initial'] = initial.get('eval_accuracy')
   report = reporting.write_report(workdir, plan, ledger, sampler, final,
                                   accountants=config.dp.report_accountants)
   writer.close()
@@ -284,5 +287,7 @@ def evaluate_both(model, state, frozen, data, config, eval_fn, batch_sh):
   def ev(trainable):
     return evaluate(eval_fn, model.combine(trainable, frozen), data.heldout,
                     config.data.eval_batch_size, batch_sh)
-  return {'eval_loss': ev(state.trainable),
-          'eval_loss_ema': ev(steps_lib.ema_trainable(state))}
+  loss, acc = ev(state.trainable)
+  loss_ema, acc_ema = ev(steps_lib.ema_trainable(state))
+  return {'eval_loss': loss, 'eval_accuracy': acc, 'eval_loss_ema': loss_ema,
+          'eval_accuracy_ema': acc_ema}

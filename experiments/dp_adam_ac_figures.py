@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dpjax import clipping
 from dpjax import dp_adam_ac
 from dpjax import models
 from dpjax import optimizers
@@ -118,39 +119,63 @@ def make_losses(module):
 # ---- one run --------------------------------------------------------------
 
 
-def run(method, sigma, *, module, params0, train, heldout, args, seed):
-  """Trains one configuration; returns (curve rows, final dict)."""
+def stages_for(method, sigma, c0, args, seed):
+  """The DP-Adam-AC stages of one configuration (DP-AdamW: C fixed, no LR
+  rule, no count released; `dp_adam_ac_stages` is then DP-AdamW)."""
+  fixed = method == 'dp_adamw_fixed_c'
+  return dp_adam_ac.dp_adam_ac_stages(
+      noise_multiplier=sigma, expected_batch_size=float(args.batch),
+      learning_rate=args.lr, key=jax.random.key(seed),
+      initial_clip_norm=c0, target_quantile=args.target_quantile,
+      clip_learning_rate=0.0 if fixed else 0.2,
+      adapt_learning_rate=not fixed, count_noise_std=args.batch / 20.0,
+      # dpjax.steps.make_train_step passes num_unclipped but not the
+      # realised batch size: use the raw count (sensitivity 1).
+      count_centered=(method == 'percentile_nonprivate'),
+      nonprivate_percentile_clipping=(method == 'percentile_nonprivate'),
+      history_size=10 * args.batch, min_clip_norm=0.05, max_clip_norm=50.0,
+      b1=0.9, b2=0.999, eps=1e-8, weight_decay=args.weight_decay,
+      ema_decay=args.ema_decay)
+
+
+def compiled_step(method, stages, record_loss, args):
+  """One jitted step per (model, method): every noise-dependent number lives
+  in the chain state, so the noise levels share the compiled step."""
+  if method != 'percentile_nonprivate':
+    return jax.jit(steps_lib.make_train_step(
+        record_loss, optimizers.post_clip(stages), l2_clip_norm=args.clip0,
+        microbatch_size=args.microbatch,
+        clip_norm_fn=dp_adam_ac.current_clip_norm))
+  # The paper's rule needs the raw per-example norms, which make_train_step
+  # does not pass yet: the same computation plus num_examples and norms.
+  post = optimizers.post_clip(stages)
+
+  @jax.jit
+  def step(state, frozen, batch, mask, dropout_key):
+    keys = jax.random.split(jax.random.fold_in(dropout_key, state.step),
+                            mask.shape[0])
+    c = dp_adam_ac.current_clip_norm(state.opt_state)
+    total, stats, norms = clipping.microbatched_clipped_sum(
+        lambda p, ex, k: record_loss(p, frozen, ex, k), state.trainable,
+        batch, mask, keys, l2_clip_norm=c, microbatch_size=args.microbatch)
+    u, post_state = post.update(
+        total, state.opt_state[1:], state.trainable,
+        num_unclipped=stats.num_examples - stats.num_clipped,
+        num_examples=stats.num_examples, clip_norm=c, norms=norms,
+        norms_mask=mask)
+    new = steps_lib.TrainState(
+        state.step + 1, optax.apply_updates(state.trainable, u),
+        (state.opt_state[0],) + tuple(post_state))
+    return new, {'train_loss': stats.loss_sum / jnp.maximum(
+        stats.num_examples, 1.0), 'clip_norm': c}
+  return step
+
+
+def run(step, stages, sigma, c0, *, eval_loss, params0, train, heldout, args,
+        seed):
+  """Trains one configuration; returns (curve rows, info)."""
   n = train['inputs'].shape[0]
   q = args.batch / n
-  key = jax.random.key(seed)
-  common = dict(expected_batch_size=float(args.batch), learning_rate=args.lr,
-                key=key, b1=0.9, b2=0.999, eps=1e-8,
-                weight_decay=args.weight_decay, ema_decay=args.ema_decay)
-  if method == 'dp_adamw_fixed_c':
-    stages = optimizers.dp_stages(l2_clip_norm=args.clip0,
-                                  noise_multiplier=sigma, optimizer='adamw',
-                                  **common)
-    clip_fn = None
-  else:
-    stages = dp_adam_ac.dp_adam_ac_stages(
-        noise_multiplier=sigma, initial_clip_norm=args.clip0,
-        target_quantile=args.target_quantile, clip_learning_rate=0.2,
-        count_noise_std=args.batch / 20.0,
-        # dpjax.steps.make_train_step passes num_unclipped but not the
-        # realised batch size: use the raw count (sensitivity 1).
-        count_centered=False,
-        nonprivate_percentile_clipping=(method == 'percentile_nonprivate'),
-        history_size=10 * args.batch, min_clip_norm=0.05, max_clip_norm=50.0,
-        **common)
-    clip_fn = dp_adam_ac.current_clip_norm
-  record_loss, eval_loss = make_losses(module)
-  step = jax.jit(steps_lib.make_train_step(
-      record_loss, optimizers.post_clip(stages), l2_clip_norm=args.clip0,
-      microbatch_size=args.microbatch, clip_norm_fn=clip_fn))
-  if method == 'percentile_nonprivate':
-    # The paper's rule needs the raw norms, which make_train_step does not
-    # pass: drive the same stages with the research-path chain instead.
-    step = _research_step(stages, record_loss, args)
   state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32),
                                trainable=params0,
                                opt_state=optimizers.chain(stages).init(params0))
@@ -168,11 +193,14 @@ def run(method, sigma, *, module, params0, train, heldout, args, seed):
 
   raw, ema = evaluate(state)
   rows.append(dict(step=0, train_loss=float('nan'), eval_raw=raw,
-                   eval_ema=ema, clip_norm=args.clip0, lr_multiplier=1.0))
+                   eval_ema=ema, clip_norm=c0, lr_multiplier=1.0))
   for t in range(1, args.steps + 1):
     take = np.flatnonzero(rng.random(n) < q)
-    if take.size > args.max_batch:    # never happens at these sizes; keep
-      raise RuntimeError('Poisson draw above max_batch')  # the mechanism exact
+    if take.size > args.max_batch:
+      # A second chunk would be needed (dpjax.sampling does that); at these
+      # sizes P(|batch| > max_batch) is negligible, and failing keeps the
+      # accounted mechanism exactly the one that ran.
+      raise RuntimeError('Poisson draw above max_batch')
     idx = np.zeros(args.max_batch, np.int64)
     idx[:take.size] = take
     mask = np.zeros(args.max_batch, np.float32)
@@ -185,31 +213,9 @@ def run(method, sigma, *, module, params0, train, heldout, args, seed):
       rows.append(dict(
           step=t, train_loss=float(m['train_loss']), eval_raw=raw,
           eval_ema=ema, clip_norm=float(m['clip_norm']),
-          lr_multiplier=(float(dp_adam_ac.current_lr_multiplier(
-              state.opt_state)) if clip_fn else 1.0)))
+          lr_multiplier=float(dp_adam_ac.current_lr_multiplier(
+              state.opt_state))))
   return rows, {'ledger': ledger, 'seconds': time.time() - t0}
-
-
-def _research_step(stages, record_loss, args):
-  """Percentile mode: per-example grads + the full chain (needs raw norms)."""
-  tx = optimizers.chain(stages)
-  grads = jax.vmap(jax.value_and_grad(lambda p, ex: record_loss(p, None, ex,
-                                                                None)),
-                   in_axes=(None, 0))
-
-  @jax.jit
-  def step(state, frozen, batch, mask, dropout_key):
-    del frozen, dropout_key
-    losses, g = grads(state.trainable, batch)
-    c = dp_adam_ac.current_clip_norm(state.opt_state)
-    u, opt_state = tx.update(g, state.opt_state, state.trainable, mask=mask,
-                             clip_norm=c)
-    nb = jnp.maximum(jnp.sum(mask), 1.0)
-    return (steps_lib.TrainState(state.step + 1,
-                                 optax.apply_updates(state.trainable, u),
-                                 opt_state),
-            {'train_loss': jnp.sum(mask * losses) / nb, 'clip_norm': c})
-  return step
 
 
 # ---- driver ---------------------------------------------------------------
@@ -233,6 +239,7 @@ def main():
   ap.add_argument('--weight_decay', type=float, default=0.01)
   ap.add_argument('--ema_decay', type=float, default=0.9)
   ap.add_argument('--clip0', type=float, default=1.0)
+  ap.add_argument('--bad_clip', type=float, default=20.0)
   ap.add_argument('--target_quantile', type=float, default=0.5)
   ap.add_argument('--delta', type=float, default=1e-5)
   ap.add_argument('--eval_every', type=int, default=10)
@@ -258,15 +265,27 @@ def main():
     module, params0 = build(family, args)
     plan = []
     for eps, sigma in levels:
-      plan.append(('dp_adam_ac', eps, sigma))
-      plan.append(('dp_adamw_fixed_c', eps, sigma))
+      plan.append(('dp_adam_ac', eps, sigma, args.clip0))
+      plan.append(('dp_adamw_fixed_c', eps, sigma, args.clip0))
     smallest = min(levels[1:], key=lambda l: l[1]) if len(levels) > 1 else None
     if smallest:
-      plan.append(('percentile_nonprivate', smallest[0], smallest[1]))
-    for i, (method, eps, sigma) in enumerate(plan):
-      rows, info = run(method, sigma, module=module, params0=params0,
-                       train=train, heldout=heldout, args=args,
-                       seed=args.seed + 100 + 7 * (i // 2))
+      # A badly tuned clip norm: AC should find its way back, fixed C not.
+      plan.append(('dp_adam_ac', smallest[0], smallest[1], args.bad_clip))
+      plan.append(('dp_adamw_fixed_c', smallest[0], smallest[1],
+                   args.bad_clip))
+      plan.append(('percentile_nonprivate', smallest[0], smallest[1],
+                   args.clip0))
+    record_loss, eval_loss = make_losses(module)
+    steps_by_method = {}
+    for i, (method, eps, sigma, c0) in enumerate(plan):
+      seed = args.seed + 100 + 7 * (i // 2)
+      stages = stages_for(method, sigma, c0, args, seed)
+      if method not in steps_by_method:
+        steps_by_method[method] = compiled_step(method, stages, record_loss,
+                                                args)
+      rows, info = run(steps_by_method[method], stages, sigma, c0,
+                       eval_loss=eval_loss, params0=params0, train=train,
+                       heldout=heldout, args=args, seed=seed)
       led = info['ledger']
       e_pld = (pld.epsilon(led.accountable_phases(), args.delta)
                if sigma > 0 else math.inf)
@@ -275,11 +294,11 @@ def main():
       private = method != 'percentile_nonprivate' and sigma > 0
       for r in rows:
         curves.append(dict(model=family, method=method, target_epsilon=eps,
-                           sigma=sigma, **r))
+                           sigma=sigma, clip0=c0, **r))
       last = rows[-1]
       summary.append(dict(
           model=family, method=method, target_epsilon=eps, sigma=sigma,
-          epsilon_pld=e_pld, epsilon_rdp=e_rdp,
+          clip0=c0, epsilon_pld=e_pld, epsilon_rdp=e_rdp,
           formally_private=('yes' if private else
                             ('NO (not private)' if sigma > 0 else 'no noise')),
           eval_raw=last['eval_raw'], eval_ema=last['eval_ema'],
@@ -287,7 +306,8 @@ def main():
           final_clip_norm=last['clip_norm'],
           final_lr_multiplier=last['lr_multiplier'],
           seconds=info['seconds']))
-      print(f"{family:6s} {method:22s} eps={eps:<5} sigma={sigma:.3f} "
+      print(f"{family:6s} {method:22s} C0={c0:<4g} eps={eps:<5} "
+            f"sigma={sigma:.3f} "
             f"eval raw {last['eval_raw']:.4f} ema {last['eval_ema']:.4f} "
             f"C={last['clip_norm']:.3f} ({info['seconds']:.1f}s, "
             f"total {time.time() - t_all:.0f}s)", flush=True)
@@ -317,12 +337,13 @@ def write(curves, summary, h_rate, args):
       'multiplier on the privatized clip rate. Held-out loss of the final raw '
       'and EMA weights; one seed per row.',
       '',
-      '| model | method | target ε | σ | ε (PLD) | ε (RDP) | private | '
+      '| model | method | C_0 | target ε | σ | ε (PLD) | ε (RDP) | private | '
       'eval raw | eval EMA | best EMA | final C | final LR mult |',
-      '|---|---|---|---|---|---|---|---|---|---|---|---|']
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
   for s in summary:
     lines.append(
-        f"| {s['model']} | {s['method']} | {s['target_epsilon']} | "
+        f"| {s['model']} | {s['method']} | {s['clip0']:g} | "
+        f"{s['target_epsilon']} | "
         f"{s['sigma']:.3f} | {s['epsilon_pld']:.3f} | {s['epsilon_rdp']:.3f} | "
         f"{s['formally_private']} | {s['eval_raw']:.4f} | {s['eval_ema']:.4f} "
         f"| {s['best_eval_ema']:.4f} | {s['final_clip_norm']:.3f} | "
@@ -340,45 +361,75 @@ def plot(curves, h_rate, args):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   names = {'qwen2': ('fig1_qwen2', 'Qwen2-architecture'),
            'bitnet': ('fig2_bitnet', 'BitNet b1.58')}
+  tags = {'dp_adam_ac': 'DP-Adam-AC', 'dp_adamw_fixed_c': 'DP-AdamW fixed C',
+          'percentile_nonprivate': 'AC percentile (NOT private)'}
+  styles = {'dp_adam_ac': '-', 'dp_adamw_fixed_c': '--',
+            'percentile_nonprivate': ':'}
   for family in sorted({c['model'] for c in curves}):
     fname, title = names[family]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    (a_main, a_ema), (a_bad, a_clip) = axes
     rows = [c for c in curves if c['model'] == family]
     levels = sorted({(c['target_epsilon'], c['sigma']) for c in rows},
                     key=lambda l: -l[0])
     colors = dict(zip(levels, plt.cm.viridis(np.linspace(0, 0.85,
                                                          len(levels)))))
+
+    def series(method, sigma, c0):
+      return [c for c in rows if c['method'] == method and
+              c['sigma'] == sigma and c['clip0'] == c0]
+
     for (eps, sigma) in levels:
       col = colors[(eps, sigma)]
       lab = 'no noise' if sigma == 0 else f'ε={eps:g} (σ={sigma:.2f})'
-      for method, ls in (('dp_adam_ac', '-'), ('dp_adamw_fixed_c', '--'),
-                         ('percentile_nonprivate', ':')):
-        r = [c for c in rows if c['method'] == method and
-             c['sigma'] == sigma]
-        if not r:
-          continue
+      for method in ('dp_adam_ac', 'dp_adamw_fixed_c'):
+        r = series(method, sigma, args.clip0)
         st = [c['step'] for c in r]
-        tag = {'dp_adam_ac': 'DP-Adam-AC', 'dp_adamw_fixed_c':
-               'DP-AdamW fixed C', 'percentile_nonprivate':
-               'AC percentile (NOT private)'}[method]
-        axes[0].plot(st, [c['eval_ema'] for c in r], ls, color=col,
-                     label=f'{tag}, {lab}')
+        a_main.plot(st, [c['eval_ema'] for c in r], styles[method],
+                    color=col, label=f'{tags[method]}, {lab}')
         if method == 'dp_adam_ac':
-          axes[1].plot(st, [c['eval_ema'] for c in r], '-', color=col,
-                       label=f'EMA, {lab}')
-          axes[1].plot(st, [c['eval_raw'] for c in r], ':', color=col,
-                       label=f'raw, {lab}')
-    for ax in axes:
+          a_ema.plot(st, [c['eval_ema'] for c in r], '-', color=col,
+                     label=f'EMA, {lab}')
+          a_ema.plot(st, [c['eval_raw'] for c in r], ':', color=col,
+                     label=f'raw, {lab}')
+          a_clip.plot(st, [c['clip_norm'] for c in r], '-', color=col,
+                      label=f'AC from C_0={args.clip0:g}, {lab}')
+      for method in tags:
+        r = series(method, sigma, args.bad_clip if method !=
+                   'percentile_nonprivate' else args.clip0)
+        if not r or sigma == 0:
+          continue
+        c0 = r[0]['clip0']
+        st = [c['step'] for c in r]
+        a_bad.plot(st, [c['eval_ema'] for c in r], styles[method], color=col,
+                   label=f'{tags[method]}, C_0={c0:g}, {lab}')
+        if method != 'dp_adamw_fixed_c':
+          a_clip.plot(st, [c['clip_norm'] for c in r], styles[method],
+                      color='tab:red' if c0 == args.bad_clip else 'tab:orange',
+                      label=f'{tags[method]} from C_0={c0:g}, {lab}')
+      r = series('dp_adamw_fixed_c', sigma, args.clip0)
+      if r and sigma > 0 and any(c['clip0'] == args.bad_clip for c in rows):
+        a_bad.plot([c['step'] for c in r], [c['eval_ema'] for c in r], '--',
+                   color='grey', label=f'DP-AdamW fixed C={args.clip0:g}, '
+                   f'{lab}')
+    for ax in (a_main, a_ema, a_bad):
       ax.axhline(h_rate, color='grey', lw=0.8)
+      ax.set_ylabel('held-out loss (nats/token)')
+    for ax in axes.flat:
       ax.set_xlabel('training step')
       ax.grid(alpha=0.3)
-    axes[0].set_ylabel('held-out loss (nats/token)')
-    axes[0].set_title(f'{title}: DP-Adam-AC (solid) vs DP-AdamW (dashed)')
-    axes[1].set_title('DP-Adam-AC: EMA (solid) vs raw (dotted) weights')
-    axes[0].legend(fontsize=6.5)
-    axes[1].legend(fontsize=6.5)
+      ax.legend(fontsize=6.5)
+    a_clip.set_yscale('log')
+    a_clip.set_ylabel('clip norm C_t')
+    a_main.set_title(f'{title}: DP-Adam-AC (solid) vs DP-AdamW fixed C '
+                     f'(dashed), EMA weights', fontsize=9)
+    a_ema.set_title('DP-Adam-AC: EMA (solid) vs raw (dotted) weights',
+                    fontsize=9)
+    a_bad.set_title(f'Badly tuned C_0={args.bad_clip:g}: adaptive vs fixed',
+                    fontsize=9)
+    a_clip.set_title('Clip norm trajectories', fontsize=9)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, f'dp_adam_ac_{fname}.png'), dpi=110)
+    fig.savefig(os.path.join(args.out, f'dp_adam_ac_{fname}.png'), dpi=100)
     plt.close(fig)
 
 

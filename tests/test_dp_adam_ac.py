@@ -238,3 +238,19 @@ def test_make_train_step_with_raw_count_equals_research_path():
   # sigma_Delta for the raw count: 1/sigma_Delta^2 + 1/sigma_b^2 = 1/z^2.
   sd = ac.gradient_noise_multiplier(1.0, 3.0, ac.count_sensitivity(1, False))
   np.testing.assert_allclose(sd ** -2 + 3.0 ** -2, 1.0, rtol=1e-12)
+
+
+def test_fixed_clip_without_lr_rule_is_dp_adamw_noise_at_z():
+  """clip_learning_rate=0, adapt_learning_rate=False: no count is released,
+  so the gradient noise is z * C_0 (DP-AdamW), and C_t stays C_0."""
+  dim, z, c0 = 20000, 0.8, 0.6
+  stages = dp_adam_ac.dp_adam_ac_stages(**_kw(
+      noise_multiplier=z, initial_clip_norm=c0, clip_learning_rate=0.0,
+      adapt_learning_rate=False, count_noise_std=0.1))  # 0.1 < z/2: unused
+  state = stages.noise.init({'w': jnp.zeros(dim)})
+  out, new = jax.jit(stages.noise.update)(
+      {'w': jnp.zeros(dim)}, state, num_unclipped=0.0, num_examples=8.0)
+  np.testing.assert_allclose(float(np.std(np.asarray(out.updates['w']))),
+                             z * c0, rtol=0.03)
+  assert float(new.control.clip_norm) == pytest.approx(c0)
+  assert float(new.control.unclipped_fraction) == pytest.approx(0.5)

@@ -97,7 +97,7 @@ class StepMoments:
     lo = -12.0 - (mu if direction == 'replace' else 0.0)
     hi = 12.0 + mu
     # Fine enough to resolve the loss's transition (width ~ 1/mu).
-    n = max(points, int((hi - lo) * max(mu, 1.0) * 200) + 1)
+    n = min(max(points, int((hi - lo) * max(mu, 1.0) * 200) + 1), 1_000_001)
     z = np.linspace(lo - 26.0, hi + 26.0, n)
     dz = z[1] - z[0]
     ell = loss(z)
@@ -121,6 +121,8 @@ class StepMoments:
 def _tail_edgeworth(x, cumulants: np.ndarray, order: int):
   """1 - F(x) for the Edgeworth expansion of the given order."""
   k1, k2, k3, k4, k5 = cumulants
+  if not k2 > 1e-300:  # degenerate: a point mass at k1
+    return np.where(np.asarray(x, dtype=np.float64) < k1, 1.0, 0.0)
   s = math.sqrt(k2)
   z = (np.asarray(x, dtype=np.float64) - k1) / s
   g1, g2, g3 = k3 / s**3, k4 / s**4, k5 / s**5
@@ -294,20 +296,22 @@ class EdgeworthAccountant:
     return delta_hat
 
   def _solve(self, delta_hat, delta: float) -> float:
-    """Largest root of delta_hat(eps) = delta in [0, eps_max]."""
-    grid = np.linspace(0.0, self.eps_max, 4001)
-    with np.errstate(over='ignore', invalid='ignore'):
-      vals = delta_hat(grid) - delta
-    vals = np.where(np.isnan(vals), np.inf, vals)
-    above = np.nonzero(vals > 0)[0]
-    if above.size == 0:
-      return 0.0
-    i = int(above[-1])
-    if i == len(grid) - 1:
-      return math.inf
-    f = lambda e: float(delta_hat(e)) - delta
-    return float(optimize.brentq(f, grid[i], grid[i + 1], xtol=1e-12,
-                                 rtol=1e-14))
+    """Largest root of delta_hat(eps) = delta in [0, eps_max] (then up to
+    700, where e^eps overflows); inf if delta_hat stays above delta."""
+    for top in sorted({self.eps_max, 700.0}):
+      grid = np.linspace(0.0, top, 4001)
+      with np.errstate(over='ignore', invalid='ignore'):
+        vals = delta_hat(grid) - delta
+      vals = np.where(np.isnan(vals), np.inf, vals)
+      above = np.nonzero(vals > 0)[0]
+      if above.size == 0:
+        return 0.0
+      i = int(above[-1])
+      if i < len(grid) - 1:
+        f = lambda e: float(delta_hat(e)) - delta
+        return float(optimize.brentq(f, grid[i], grid[i + 1], xtol=1e-12,
+                                     rtol=1e-14))
+    return math.inf
 
   def epsilon(self, phases: Sequence[Phase], delta: float,
               neighbouring: str = 'add_remove') -> float:

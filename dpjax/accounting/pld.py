@@ -160,12 +160,17 @@ class _Pmf:
     self._losses = (offset + nz) * h
     self._m = mass[nz]
     total = float(self._m.sum())
-    self.mean = _dot(self._m, self._losses) / total
-    self.var = _dot(self._m, (self._losses - self.mean)**2) / total
+    if total > 0:
+      self.mean = _dot(self._m, self._losses) / total
+      self.var = _dot(self._m, (self._losses - self.mean)**2) / total
+    else:  # everything at +inf
+      self.mean, self.var = 0.0, 0.0
     self._spectra: dict[int, np.ndarray] = {}
 
   def log_mgf(self, t: np.ndarray) -> np.ndarray:
     """log E[e^{t L}; L finite] for each t."""
+    if self._m.size == 0:
+      return np.full(len(t), -np.inf)
     out = np.empty(len(t))
     for i, ti in enumerate(t):
       e = ti * self._losses
@@ -203,13 +208,22 @@ def _power(spec: np.ndarray, c: int) -> np.ndarray:
   return out
 
 
+_MAX_LOSS = 700.0  # |loss| beyond this: mass to +inf (top) or to the bottom
+
+
 def _loss_range(q: float, sigma: float, direction: str
                 ) -> tuple[float, float]:
-  """Losses outside [lo, hi] carry negligible mass (hi: delta < 1e-30)."""
+  """Losses outside [lo, hi] carry negligible mass (hi: delta < 1e-30).
+
+  Whatever lies above `hi` is charged to +inf and whatever lies below `lo`
+  is moved up to `lo` by connect-the-dots, both pessimistic; |loss| is
+  capped at 700 nats (exp overflow), which only matters when epsilon is
+  astronomically large anyway.
+  """
   mu = 1.0 / sigma
   # Under P the loss is at most ~ |x| * (2/sigma^2) with |x| < 14 sigma;
   # search the grid of candidate upper ends for delta < 1e-30.
-  hi_cap = 2.0 * (14.0 * sigma + 2.0) / sigma**2 + 2.0
+  hi_cap = min(2.0 * (14.0 * sigma + 2.0) / sigma**2 + 2.0, _MAX_LOSS)
   if direction == 'add':
     hi = -math.log1p(-q) if q < 1 else hi_cap
   else:
@@ -218,7 +232,8 @@ def _loss_range(q: float, sigma: float, direction: str
     ok = np.nonzero(d < 1e-30)[0]
     hi = float(cands[ok[0]]) if ok.size else hi_cap
   if direction == 'remove':
-    lo = math.log1p(-q) if q < 1 else -hi
+    # Under P the loss is >= log(1-q); for q = 1 it is N(mu^2/2, mu^2).
+    lo = math.log1p(-q) if q < 1 else max(-hi, mu * mu / 2 - 12.0 * mu)
   elif direction == 'replace':
     lo = -hi
   else:  # add: loss under P = N(0) unbounded below; cut where P-mass tiny
@@ -228,10 +243,15 @@ def _loss_range(q: float, sigma: float, direction: str
     else:
       lo = -(2 * x - 1) * mu * mu / 2
     lo = max(lo, -hi_cap)
-  return lo, hi
+  return max(lo, -_MAX_LOSS), min(hi, _MAX_LOSS)
 
 
-def single_step_pmf(q: float, sigma: float, direction: str, h: float) -> _Pmf:
+class _GridTooLarge(Exception):
+  pass
+
+
+def single_step_pmf(q: float, sigma: float, direction: str, h: float,
+                    max_points: int = 1 << 22) -> _Pmf:
   """Connect-the-dots PLD of one step on the grid k * h (pessimistic).
 
   The P-mass of each interval (eps_{j-1}, eps_j] of the loss is split
@@ -242,6 +262,8 @@ def single_step_pmf(q: float, sigma: float, direction: str, h: float) -> _Pmf:
   non-negative: no cancellation.
   """
   lo, hi = _loss_range(q, sigma, direction)
+  if (hi - lo) / h > max_points:
+    raise _GridTooLarge()
   k0 = int(math.floor(lo / h))
   k1 = int(math.ceil(hi / h))
   eps = np.arange(k0, k1 + 1) * h
@@ -281,6 +303,9 @@ class PldAccountant:
     tail_bound: mass allowed outside the composition window; added to delta.
     max_bins: largest FFT window; beyond it h is coarsened (still an upper
       bound) and the interval used is reported by `describe()`.
+    cache_size: number of single-step PLDs kept.
+    min_interval: when epsilon < 1000 h, `epsilon` retries with h / 10 (down
+      to this) and keeps the smaller of the two upper bounds.
   """
 
   name = 'pld'
@@ -288,11 +313,12 @@ class PldAccountant:
 
   def __init__(self, value_discretization_interval: float = 1e-4,
                tail_bound: float = 1e-15, max_bins: int = 1 << 22,
-               cache_size: int = 64):
+               cache_size: int = 64, min_interval: float = 1e-8):
     if not value_discretization_interval > 0:
       raise ValueError('value_discretization_interval must be > 0, got '
                        f'{value_discretization_interval!r}.')
     self.h = float(value_discretization_interval)
+    self.min_interval = float(min_interval)
     self.tail_bound = float(tail_bound)
     self.max_bins = int(max_bins)
     self._pmfs: collections.OrderedDict = collections.OrderedDict()
@@ -308,7 +334,7 @@ class PldAccountant:
     if key in self._pmfs:
       self._pmfs.move_to_end(key)
       return self._pmfs[key]
-    pmf = single_step_pmf(q, sigma, direction, h)
+    pmf = single_step_pmf(q, sigma, direction, h, self.max_bins)
     self._pmfs[key] = pmf
     if len(self._pmfs) > self._cache_size:
       self._pmfs.popitem(last=False)
@@ -321,12 +347,18 @@ class PldAccountant:
     if key in self._composed:
       self._composed.move_to_end(key)
       return self._composed[key]
-    pmfs = [(self._pmf(q, s, direction, h), c) for q, s, c in phases]
+    try:
+      pmfs = [(self._pmf(q, s, direction, h), c) for q, s, c in phases]
+    except _GridTooLarge:
+      return None
     log_keep = 0.0  # log P(no step's loss is +inf)
     for pmf, c in pmfs:
       log_keep += (c * math.log1p(-pmf.inf_mass) if pmf.inf_mass < 1
                    else -math.inf)
     inf_mass = -math.expm1(log_keep)
+    if inf_mass >= 1.0 or any(pmf.mean == pmf.var == 0.0 and
+                              pmf._m.size == 0 for pmf, _ in pmfs):  # pylint: disable=protected-access
+      return (np.zeros(1), np.zeros(1), 1.0)
     # Window [lo, hi] of the finite sum: Chernoff bounds (valid for any t),
     # at a few t around the Gaussian-optimal one.
     mean = sum(c * pmf.mean for pmf, c in pmfs)
@@ -393,8 +425,23 @@ class PldAccountant:
       return math.inf
     if not _key(phases):
       return 0.0
-    return max(_eps_from_pmf(*r, delta)
-               for r in self._composed_all(phases, neighbouring))
+    eps = max(_eps_from_pmf(*r, delta)
+              for r in self._composed_all(phases, neighbouring))
+    # A small epsilon is dominated by the discretization: refine (the
+    # minimum of two upper bounds is an upper bound).
+    h0, used = self.h, self.last_interval
+    try:
+      while eps < 1000 * self.h and self.h > self.min_interval:
+        self.h /= 10.0
+        finer = max(_eps_from_pmf(*r, delta)
+                    for r in self._composed_all(phases, neighbouring))
+        if finer < eps:
+          eps, used = finer, self.last_interval
+        else:
+          break
+    finally:
+      self.h, self.last_interval = h0, used
+    return eps
 
   def delta(self, phases: Sequence[Phase], epsilon: float,
             neighbouring: str = 'add_remove') -> float:

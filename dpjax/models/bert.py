@@ -1,9 +1,9 @@
 """BERT and RoBERTa encoders (families 'bert' and 'roberta') in Flax linen.
 
-Matches `transformers` `BertModel` / `BertForSequenceClassification` and
-`RobertaModel` / `RobertaForSequenceClassification` (absolute positions,
-post-LN). The parameter tree follows the torch module names without the
-`bert.` / `roberta.` prefix: `embeddings/word_embeddings/embedding`,
+Matches `transformers` `{Bert,Roberta}{Model,ForSequenceClassification}`
+(absolute positions, post-LN). The parameter tree follows the torch module
+names without the `bert.` / `roberta.` prefix:
+`embeddings/word_embeddings/embedding`,
 `encoder/layer_{i}/attention/self/query/kernel`, `pooler/dense`, and the head
 `classifier` (BERT: one Dense on the pooled output; RoBERTa: `dense` -> tanh
 -> `out_proj` on the first token). Dense kernels are `[in, out]`.
@@ -129,6 +129,11 @@ class BertEmbeddings(nn.Module):
                       param_dtype=cfg.param_dtype, embedding_init=init,
                       name=name)
 
+    offset = cfg.pad_token_id + 1 if cfg.family == 'roberta' else 0
+    if input_ids.shape[1] + offset > cfg.max_position_embeddings:
+      raise ValueError(f'input_ids has {input_ids.shape[1]} tokens; at most '
+                       f'{cfg.max_position_embeddings - offset} fit '
+                       'max_position_embeddings.')
     if cfg.family == 'roberta':
       keep = (input_ids != cfg.pad_token_id).astype(jnp.int32)
       positions = jnp.cumsum(keep, axis=1) * keep + cfg.pad_token_id
@@ -181,15 +186,16 @@ class BertAttention(nn.Module):
     return BertResidualOutput(self.config, name='output')(h, x, deterministic)
 
 
-class BertIntermediate(nn.Module):
-  """`intermediate`: dense -> activation."""
+class BertDenseAct(nn.Module):
+  """`dense` then an activation (`intermediate`; `pooler` with tanh)."""
   config: BertConfig
+  features: int
+  act: str
 
   @nn.compact
   def __call__(self, x):
-    cfg = self.config
-    h = _dense(cfg, cfg.intermediate_size, 'dense')(x)
-    return layers.activation(cfg.hidden_act)(h)
+    h = _dense(self.config, self.features, 'dense')(x)
+    return layers.activation(self.act)(h)
 
 
 class BertLayer(nn.Module):
@@ -199,7 +205,8 @@ class BertLayer(nn.Module):
   @nn.compact
   def __call__(self, x, bias, deterministic):
     x = BertAttention(self.config, name='attention')(x, bias, deterministic)
-    h = BertIntermediate(self.config, name='intermediate')(x)
+    h = BertDenseAct(self.config, self.config.intermediate_size,
+                     self.config.hidden_act, name='intermediate')(x)
     return BertResidualOutput(self.config, name='output')(h, x, deterministic)
 
 
@@ -212,16 +219,6 @@ class BertEncoder(nn.Module):
     for i in range(self.config.num_hidden_layers):
       x = BertLayer(self.config, name=f'layer_{i}')(x, bias, deterministic)
     return x
-
-
-class BertPooler(nn.Module):
-  """`pooler`: tanh(dense(first token))."""
-  config: BertConfig
-
-  @nn.compact
-  def __call__(self, hidden):
-    cfg = self.config
-    return jnp.tanh(_dense(cfg, cfg.hidden_size, 'dense')(hidden[:, 0]))
 
 
 class RobertaClassificationHead(nn.Module):
@@ -269,8 +266,8 @@ class BertModule(nn.Module):
     hidden = BertEncoder(cfg, name='encoder')(x, bias, deterministic)
     if return_hidden:
       return hidden
-    pooled = (BertPooler(cfg, name='pooler')(hidden)
-              if cfg.add_pooling_layer else None)
+    pooled = (BertDenseAct(cfg, cfg.hidden_size, 'tanh', name='pooler')(
+        hidden[:, 0]) if cfg.add_pooling_layer else None)
     if cfg.head == 'none':
       return hidden
     if cfg.family == 'roberta':
@@ -391,7 +388,8 @@ def _init_head(cfg: BertConfig, names: set[str]) -> dict:
   k_pool, k_cls = jax.random.split(jax.random.key(cfg.head_init_seed))
   hidden = jnp.zeros((1, 1, cfg.hidden_size), jnp.dtype(cfg.dtype))
   if 'pooler' in names:
-    out['pooler'] = BertPooler(cfg).init(k_pool, hidden)['params']
+    out['pooler'] = BertDenseAct(cfg, cfg.hidden_size, 'tanh').init(
+        k_pool, hidden[:, 0])['params']
   if 'classifier' in names and cfg.family == 'roberta':
     out['classifier'] = RobertaClassificationHead(cfg).init(
         k_cls, hidden, True)['params']

@@ -24,7 +24,9 @@ as released for 2B-4T) store ternary weights `t` as 2-bit codes (uint8
 online absmean quantization gives back exactly `t / s`; `params_to_hf`
 re-packs (`config.weight_format='packed'`). Note that `mean|t / s|` is
 `mean|t| / s`, not `1 / s`, so requantizing the dequantized `t / s` directly
-would shrink every layer by the fraction of non-zero weights.
+would shrink every layer by the fraction of non-zero weights. transformers'
+`autobitlinear`/offline mode (ternary weights times `weight_scale`, where
+`bitlinear` divides by it) is rejected rather than guessed at.
 
 Parameter names follow HF without the `model.` prefix: `embed_tokens`,
 `layers_{i}/self_attn/{q,k,v,o}_proj`, `layers_{i}/self_attn/attn_sub_norm`,

@@ -261,7 +261,8 @@ def load_gguf(path: str) -> tuple[str, Any, Any, HFTokenizer | None]:
       raise ValueError(f'GGUF metadata lacks {arch}.{key}')
     return value
 
-  hidden, heads = int(need('embedding_length')), int(need('attention.head_count'))
+  hidden = int(need('embedding_length'))
+  heads = int(need('attention.head_count'))
   kv_heads = int(_field(reader, f'{arch}.attention.head_count_kv', heads))
   head_dim = int(_field(reader, f'{arch}.attention.key_length',
                         _field(reader, f'{arch}.rope.dimension_count',

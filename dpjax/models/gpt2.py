@@ -162,6 +162,9 @@ class GPT2LMHeadModel(nn.Module):
                    param_dtype=cfg.param_dtype, embedding_init=init,
                    name='wpe')
     length = tokens.shape[1]
+    if length > cfg.n_positions:
+      raise ValueError(f'tokens has {length} positions; n_positions is '
+                       f'{cfg.n_positions}.')
     x = wte(tokens) + wpe(jnp.arange(length)[None, :])
     x = nn.Dropout(cfg.embd_pdrop)(x, deterministic=deterministic)
     bias = layers.causal_bias(length, jnp.dtype(cfg.dtype))

@@ -95,7 +95,8 @@ class LlamaConfig:
     if self.head_dim is None:
       if self.hidden_size % self.num_heads:
         raise ValueError(f'hidden_size={self.hidden_size} is not divisible by '
-                         f'num_heads={self.num_heads}; give head_dim explicitly')
+                         f'num_heads={self.num_heads}; give head_dim '
+                         f'explicitly')
       object.__setattr__(self, 'head_dim', self.hidden_size // self.num_heads)
     if self.head_dim <= 0 or self.head_dim % 2:
       raise ValueError(f'head_dim must be a positive even int, got '
@@ -143,7 +144,8 @@ class RMSNorm(nn.Module):
     scale = self.param('scale', nn.initializers.ones, (x.shape[-1],),
                        self.param_dtype)
     xf = x.astype(jnp.float32)
-    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    var = jnp.mean(xf * xf, axis=-1, keepdims=True)
+    xf = xf * jax.lax.rsqrt(var + self.eps)
     return scale.astype(self.dtype) * xf.astype(self.dtype)
 
 
@@ -258,7 +260,8 @@ class LlamaForCausalLM(nn.Module):
     cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
 
     embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt,
-                     param_dtype=pdt, embedding_init=nn.initializers.normal(0.02),
+                     param_dtype=pdt,
+                     embedding_init=nn.initializers.normal(0.02),
                      name='embed_tokens')
     x = embed(tokens.astype(jnp.int32))
     layer_cls = DecoderLayer
@@ -298,10 +301,13 @@ def from_hf_config(config_json: Mapping[str, Any]) -> LlamaConfig:
     rs = c['rope_scaling']
     kind = rs.get('rope_type', rs.get('type')) if isinstance(rs, dict) else rs
     if kind not in (None, 'default'):
-      raise ValueError(f'config.json rope_scaling={rs!r} is not supported; only '
-                       f'plain RoPE (rope_scaling null)')
+      raise ValueError(f'config.json rope_scaling={rs!r} is not supported; '
+                       f'only plain RoPE (rope_scaling null)')
   if c.get('mlp_bias'):
     raise ValueError('config.json mlp_bias=true is not supported')
+  if c.get('use_sliding_window'):
+    raise ValueError('config.json use_sliding_window=true is not supported; '
+                     'only full causal attention')
   if family == 'qwen2':
     qkv_bias, o_bias = True, False
   else:

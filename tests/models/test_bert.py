@@ -152,6 +152,8 @@ def test_roberta_build_defaults_and_dropout():
   a = apply(params, jax.random.key(1))
   b = apply(params, jax.random.key(2))
   assert not np.allclose(a, b)
+  with pytest.raises(ValueError, match='max_position_embeddings'):
+    module.apply({'params': params}, jnp.full((1, 39), 7))  # 38 fit
   with pytest.raises(ValueError, match='head'):
     build_model('bert', head='pooled')
 

@@ -184,6 +184,28 @@ def test_float_round_trip_and_hf_config():
   assert bitnet.from_hf_config(reparsed) == config
 
 
+def test_released_2b4t_style_config():
+  # The shape of microsoft/bitnet-b1.58-2B-4T's config.json (older format:
+  # top-level rope_theta, packed bitlinear quantization).
+  hf_json = dict(
+      architectures=['BitNetForCausalLM'], model_type='bitnet',
+      hidden_act='relu2', hidden_size=2560, intermediate_size=6912,
+      num_attention_heads=20, num_hidden_layers=30, num_key_value_heads=5,
+      max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=500000.0,
+      tie_word_embeddings=True, torch_dtype='bfloat16', vocab_size=128256,
+      bos_token_id=128000, eos_token_id=128001,
+      quantization_config={'quant_method': 'bitnet',
+                           'linear_class': 'bitlinear',
+                           'quantization_mode': 'offline'})
+  config = bitnet.from_hf_config(hf_json)
+  assert (config.head_dim, config.num_key_value_heads) == (128, 5)
+  assert config.weight_format == 'packed' and config.param_dtype == 'bfloat16'
+  parsed = transformers.BitNetConfig.from_dict(hf_json).to_dict()
+  assert parsed['rope_parameters']['rope_theta'] == config.rope_theta
+  assert bitnet.from_hf_config(parsed) == config
+  assert bitnet.from_hf_config(bitnet.to_hf_config(config)) == config
+
+
 def test_vmap_grad_ste_nonzero_latent_grads():
   module, config = build_model('bitnet', **TINY)
   assert config.quantization == 'online'

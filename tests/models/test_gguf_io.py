@@ -119,10 +119,11 @@ def test_q8_0_export_dequantizes_close(tmp_path):
 
 
 def test_permutation_inverts():
+  # pylint: disable=protected-access
   w = np.arange(8 * 3 * 5, dtype=np.float32).reshape(24, 5)
   np.testing.assert_array_equal(
-      gguf_io._unpermute(gguf_io._permute(w, 3), 3), w)  # pylint: disable=protected-access
-  assert not np.array_equal(gguf_io._permute(w, 3), w)  # pylint: disable=protected-access
+      gguf_io._unpermute(gguf_io._permute(w, 3), 3), w)
+  assert not np.array_equal(gguf_io._permute(w, 3), w)
 
 
 def test_errors(tmp_path):

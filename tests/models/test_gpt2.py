@@ -14,7 +14,8 @@ from dpjax.models import build_model  # pylint: disable=g-import-not-at-top
 from dpjax.models import gpt2  # pylint: disable=g-import-not-at-top
 
 TOL = 1e-4
-TINY = dict(vocab_size=100, n_positions=24, n_embd=32, n_layer=2, n_head=4)
+TINY = dict(vocab_size=100, n_positions=24, n_embd=32, n_layer=2, n_head=4,
+            bos_token_id=0, eos_token_id=0)
 
 
 def _model(seed=0, **extra):
@@ -96,6 +97,8 @@ def test_vmap_grad_with_dropout():
   g = grads['h_0']['attn']['c_attn']['kernel']
   assert g.shape == (3, 32, 96) and bool(jnp.all(jnp.isfinite(g)))
   assert float(jnp.abs(grads['wte']['embedding']).max()) > 0
+  with pytest.raises(ValueError, match='n_positions'):
+    module.apply({'params': params}, jnp.zeros((1, 25), jnp.int32))
   with pytest.raises(ValueError, match='n_embd'):
     build_model('gpt2', n_embd=30, n_head=4)
 

@@ -83,7 +83,8 @@ def test_loads_sharded_transformers_checkpoint(tmp_path):
   assert fam == 'qwen2' and tok is None and config2.qkv_bias
   module, _ = llama.build(**{k: getattr(config2, k)
                              for k in config2.__dataclass_fields__})
-  got = np.asarray(jax.jit(module.apply)({'params': params}, jnp.asarray(tokens)))
+  got = np.asarray(jax.jit(module.apply)({'params': params},
+                                         jnp.asarray(tokens)))
   with torch.no_grad():
     want = model(torch.tensor(tokens)).logits.numpy()
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)

@@ -1,4 +1,4 @@
-"""Tests for dpjax.models.llama against the transformers torch implementation."""
+"""Tests for dpjax.models.llama against transformers' torch models."""
 
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ def test_logits_match_transformers(family, tie):
     want = model(torch.tensor(tokens)).logits.numpy()
   module, _ = build_model(**dataclass_fields(config))
   params = llama.params_from_hf(_state(model), config)
-  got = jax.jit(module.apply)({'params': params}, jnp.asarray(tokens, jnp.int32))
+  got = jax.jit(module.apply)({'params': params},
+                              jnp.asarray(tokens, jnp.int32))
   assert got.dtype == jnp.float32 and got.shape == want.shape
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=1e-4)
 
@@ -82,8 +83,8 @@ def test_llama_attention_bias_and_explicit_head_dim():
   with torch.no_grad():
     want = model(torch.tensor(tokens)).logits.numpy()
   module, _ = llama.build(**dataclass_fields(config))
-  got = jax.jit(module.apply)({'params': llama.params_from_hf(_state(model), config)},
-                     jnp.asarray(tokens))
+  params = llama.params_from_hf(_state(model), config)
+  got = jax.jit(module.apply)({'params': params}, jnp.asarray(tokens))
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=1e-4)
 
 
@@ -97,17 +98,17 @@ def test_padding_mask_matches_transformers():
                  attention_mask=torch.tensor(mask)).logits.numpy()
   module, _ = llama.build(**dataclass_fields(config))
   params = llama.params_from_hf(_state(model), config)
-  got = np.asarray(jax.jit(module.apply)({'params': params}, jnp.asarray(tokens),
-                                attention_mask=jnp.asarray(mask)))
+  apply = jax.jit(module.apply)
+  got = np.asarray(apply({'params': params}, jnp.asarray(tokens),
+                         attention_mask=jnp.asarray(mask)))
   real = mask.astype(bool)
   np.testing.assert_allclose(got[real], want[real], atol=1e-4, rtol=1e-4)
   # Left padding: the real tokens' logits equal the unpadded row's.
   left = np.concatenate([np.zeros((1, 3), int), tokens[:1, :6]], axis=1)
   left_mask = np.concatenate([np.zeros((1, 3), int), np.ones((1, 6), int)], 1)
-  got_left = np.asarray(jax.jit(module.apply)({'params': params}, jnp.asarray(left),
-                                     attention_mask=jnp.asarray(left_mask)))
-  plain = np.asarray(jax.jit(module.apply)({'params': params},
-                                  jnp.asarray(tokens[:1, :6])))
+  got_left = np.asarray(apply({'params': params}, jnp.asarray(left),
+                              attention_mask=jnp.asarray(left_mask)))
+  plain = np.asarray(apply({'params': params}, jnp.asarray(tokens[:1, :6])))
   assert np.all(np.isfinite(got_left))
   np.testing.assert_allclose(got_left[0, 3:], plain[0], atol=1e-5)
 
@@ -154,6 +155,35 @@ def test_hf_config_round_trip():
   with pytest.raises(ValueError, match='rope_scaling'):
     llama.from_hf_config(dict(llama.to_hf_config(config),
                               rope_scaling={'rope_type': 'llama3'}))
+
+
+def test_published_configs():
+  """Config fields of two published config.json files (Hub model cards)."""
+  qwen = llama.from_hf_config({
+      'architectures': ['Qwen2ForCausalLM'], 'attention_dropout': 0.0,
+      'bos_token_id': 151643, 'eos_token_id': 151643, 'hidden_act': 'silu',
+      'hidden_size': 896, 'initializer_range': 0.02,
+      'intermediate_size': 4864, 'max_position_embeddings': 32768,
+      'max_window_layers': 24, 'model_type': 'qwen2',
+      'num_attention_heads': 14, 'num_hidden_layers': 24,
+      'num_key_value_heads': 2, 'rms_norm_eps': 1e-06,
+      'rope_theta': 1000000.0, 'sliding_window': 32768,
+      'tie_word_embeddings': True, 'torch_dtype': 'bfloat16',
+      'use_cache': True, 'use_sliding_window': False, 'vocab_size': 151936})
+  assert (qwen.family, qwen.head_dim, qwen.num_kv_heads) == ('qwen2', 64, 2)
+  assert qwen.qkv_bias and not qwen.o_bias and qwen.tie_embeddings
+  smol = llama.from_hf_config({
+      'architectures': ['LlamaForCausalLM'], 'attention_bias': False,
+      'hidden_act': 'silu', 'hidden_size': 576, 'intermediate_size': 1536,
+      'max_position_embeddings': 8192, 'model_type': 'llama',
+      'num_attention_heads': 9, 'num_hidden_layers': 30,
+      'num_key_value_heads': 3, 'rms_norm_eps': 1e-05, 'rope_scaling': None,
+      'rope_theta': 100000, 'tie_word_embeddings': True,
+      'vocab_size': 49152})
+  assert (smol.head_dim, smol.qkv_bias, smol.rope_theta) == (64, False, 1e5)
+  with pytest.raises(ValueError, match='use_sliding_window'):
+    llama.from_hf_config(dict(llama.to_hf_config(qwen),
+                              use_sliding_window=True))
 
 
 def test_bad_config_raises():

@@ -26,7 +26,8 @@ def model():
 
 def test_targets():
   module, _ = llama.build(**TINY)
-  params = module.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))['params']
+  params = module.init(jax.random.key(0),
+                       jnp.zeros((1, 2), jnp.int32))['params']
   assert peft.lora_target_paths(params, TARGETS) == [
       'layers_0/self_attn/q_proj', 'layers_0/self_attn/v_proj',
       'layers_1/self_attn/q_proj', 'layers_1/self_attn/v_proj']
@@ -134,7 +135,8 @@ def test_bias_only_and_norms_split_combine(model):
 
 def test_bias_only_on_llama_raises_and_bad_modes():
   module, _ = llama.build(**dict(TINY, family='llama'))
-  params = module.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))['params']
+  params = module.init(jax.random.key(0),
+                       jnp.zeros((1, 2), jnp.int32))['params']
   with pytest.raises(ValueError, match='no bias'):
     peft.Peft('bias_only').split(params)
   with pytest.raises(ValueError, match='mode'):
