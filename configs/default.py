@@ -66,6 +66,25 @@ def get_config():
   config.dp.report_accountants = ('pld', 'rdp', 'edgeworth')  # Final report.
   config.dp.sampling = 'poisson'       # poisson | shuffle (fixed-size; no amplification claimed)
 
+  # ---- DP-Adam-AC (Yang 2025): adaptive clipping + clip-driven LR ----
+  config.dp_adam_ac = ml_collections.ConfigDict()
+  config.dp_adam_ac.enabled = False    # True: DP-Adam-AC instead of DP-AdamW/Adam/SGD.
+  config.dp_adam_ac.initial_clip_norm = 1.0  # C_0 (dp.l2_clip_norm unused when enabled).
+  config.dp_adam_ac.target_quantile = 0.5    # Target unclipped fraction gamma.
+  config.dp_adam_ac.clip_learning_rate = 0.2  # eta in C <- C exp(-eta (b~ - gamma)).
+  config.dp_adam_ac.count_noise_std = 0.0    # sigma_b of the count; 0: batch_size / 20.
+  config.dp_adam_ac.count_centered = True    # Centered count (sensitivity 1/2).
+  config.dp_adam_ac.min_clip_norm = 1e-3     # Clamp of C_t.
+  config.dp_adam_ac.max_clip_norm = 100.0
+  config.dp_adam_ac.nonprivate_percentile_clipping = False  # Paper's rule: NOT private.
+  config.dp_adam_ac.history_size = 1000      # H of the percentile rule.
+  config.dp_adam_ac.adapt_learning_rate = True  # Privatized-clip-rate LR multiplier.
+  config.dp_adam_ac.lr_band = 0.10
+  config.dp_adam_ac.lr_up = 1.01
+  config.dp_adam_ac.lr_down = 0.995
+  config.dp_adam_ac.lr_min_multiplier = 0.1
+  config.dp_adam_ac.lr_max_multiplier = 2.0
+
   # ---- Optimisation ----
   config.train = ml_collections.ConfigDict()
   config.train.steps = 100

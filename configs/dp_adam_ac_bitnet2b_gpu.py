@@ -1,4 +1,6 @@
-"""DP-Adam-AC on BitNet b1.58 2B-4T (full size, one 80 GB GPU): documentation config.
+"""DP-Adam-AC on BitNet b1.58 2B-4T (full size, one 80 GB GPU).
+
+A documentation config: the GPU settings, not run in this session.
 
   python -m dpjax.main --config=configs/dp_adam_ac_bitnet2b_gpu.py \
       --config.model.path=/path/to/bitnet-b1.58-2B-4T --workdir=/tmp/ac_bitnet

@@ -1,4 +1,6 @@
-"""DP-Adam-AC on Qwen2.5-0.5B (full size, one 80 GB GPU): documentation config.
+"""DP-Adam-AC on Qwen2.5-0.5B (full size, one 80 GB GPU).
+
+A documentation config: the GPU settings, not run in this session.
 
   python -m dpjax.main --config=configs/dp_adam_ac_qwen2_0p5b_gpu.py \
       --config.model.path=/path/to/Qwen2.5-0.5B --workdir=/tmp/ac_qwen

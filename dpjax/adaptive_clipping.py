@@ -96,7 +96,8 @@ def init_state(*, initial_clip_norm: float, count_key: jax.Array,
       step=jnp.zeros((), jnp.int32),
       unclipped_fraction=jnp.asarray(target_quantile, jnp.float32),
       lr_multiplier=jnp.ones((), jnp.float32),
-      history=jnp.zeros((history_size,), jnp.float32),
+      # At least one (unused) slot: orbax cannot save zero-size arrays.
+      history=jnp.zeros((max(history_size, 1),), jnp.float32),
       history_count=jnp.zeros((), jnp.int32))
 
 

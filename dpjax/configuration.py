@@ -109,6 +109,20 @@ def validate(config) -> None:
            name, "names among 'pld', 'rdp', 'edgeworth'")
   _choice(config, 'dp.sampling', ('poisson', 'shuffle'))
 
+  ac = _get(config, 'dp_adam_ac.enabled')
+  _check(isinstance(ac, bool), 'dp_adam_ac.enabled', ac, 'True or False')
+  if ac:
+    _number(config, 'dp_adam_ac.initial_clip_norm', 0, lo_open=True)
+    _number(config, 'dp_adam_ac.target_quantile', 0, 1, lo_open=True,
+            hi_open=True)
+    _number(config, 'dp_adam_ac.clip_learning_rate', 0)
+    _number(config, 'dp_adam_ac.count_noise_std', 0)
+    lo = _number(config, 'dp_adam_ac.min_clip_norm', 0)
+    _number(config, 'dp_adam_ac.max_clip_norm', lo, lo_open=True)
+    _number(config, 'dp_adam_ac.history_size', 1, integer=True)
+    _number(config, 'dp_adam_ac.lr_min_multiplier', 0, lo_open=True)
+    _number(config, 'dp_adam_ac.lr_max_multiplier',
+            _get(config, 'dp_adam_ac.lr_min_multiplier'))
   steps = _number(config, 'train.steps', 1, integer=True)
   batch = _number(config, 'train.batch_size', 0, lo_open=True)
   max_batch = _number(config, 'train.max_batch_size', 1, integer=True)

@@ -1,4 +1,4 @@
-"""DP-Adam-AC (Yang 2025) as dpjax optax stages: clip -> noise -> 1/B -> AdamW -> EMA.
+"""DP-Adam-AC (Yang 2025) as optax stages: clip, noise, 1/B, AdamW, EMA.
 
 DP-AdamW plus (1) adaptive clipping, (2) a clip-rate-driven learning-rate
 multiplier, (3) an EMA of the parameters for evaluation and export, (4)
@@ -180,7 +180,11 @@ def adaptive_noise(*, noise_multiplier: float, expected_batch_size,
     grad_multiplier = ac.gradient_noise_multiplier(
         noise_multiplier, count_noise_std,
         ac.count_sensitivity(group_size, count_centered))
-  noise_key, count_key = jax.random.split(noise_lib._check_key(key))  # pylint: disable=protected-access
+  if not (isinstance(key, jax.Array) and
+          jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
+    raise TypeError('key must be a typed PRNG key from jax.random.key(seed), '
+                    f'got {type(key).__name__}.')
+  noise_key, count_key = jax.random.split(key)
   hist = history_size if nonprivate_percentile_clipping else 0
 
   def init_fn(params):

@@ -178,9 +178,7 @@ def _with_classifier(config, module, model_cfg, params):
   module, model_cfg = models.build_model(
       model_cfg.family, **{k: v for k, v in dataclasses.asdict(model_cfg).items()
                            if k != 'family'})
-  missing = {'classifier'} - set(params)
-  params = dict(params)
-  params.update(jax.tree.map(jnp.asarray, bert._init_head(model_cfg, missing)))  # pylint: disable=protected-access
+  params = jax.tree.map(jnp.asarray, bert.with_head(params, model_cfg))
   return module, model_cfg, params
 
 

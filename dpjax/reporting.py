@@ -16,7 +16,7 @@ from dpjax.accounting import report as acc_report
 
 def build_report(plan, ledger, sampler, final: dict[str, Any],
                  accountants=('pld', 'rdp', 'edgeworth'),
-                 extra_rows=None) -> dict[str, Any]:
+                 extra_rows=None, mechanism_notes=None) -> dict[str, Any]:
   """The report as a dict (what `report.json` holds)."""
   out: dict[str, Any] = {
       'private': plan.enabled,
@@ -43,6 +43,11 @@ def build_report(plan, ledger, sampler, final: dict[str, Any],
           'on private batches and are NOT privatized; do not publish them.',
       ],
   }
+  if mechanism_notes:
+    out['mechanism_notes'] = mechanism_notes
+    if mechanism_notes.get('formally_private') is False:
+      out['formally_private'] = False
+      out['notes'].insert(0, mechanism_notes.get('warning', 'NOT PRIVATE'))
   if plan.enabled:
     out['privacy'] = acc_report.privacy_report(
         ledger, plan.delta, accountants=tuple(accountants),
@@ -57,11 +62,15 @@ def build_report(plan, ledger, sampler, final: dict[str, Any],
 def format_text(report: dict[str, Any]) -> str:
   m = report['mechanism']
   lines = ['dpjax privacy report', '=' * 20]
+  if report.get('formally_private') is False:
+    lines += ['*** ' + report['notes'][0] + ' ***', '']
   if report['private']:
     lines.append(acc_report.format_report(report['privacy']))
   else:
     lines.append('NON-PRIVATE RUN: epsilon = infinity (no guarantee).')
   lines += ['', 'Mechanism:'] + [f'  {k}: {v}' for k, v in m.items()]
+  for k, v in report.get('mechanism_notes', {}).items():
+    lines.append(f'  {k}: {v}')
   lines += ['', 'Held-out evaluation (nats/token):']
   lines += [f'  {k}: {v}' for k, v in report['evaluation'].items()]
   lines += [''] + [f'Note: {n}' for n in report['notes']]
@@ -70,9 +79,10 @@ def format_text(report: dict[str, Any]) -> str:
 
 def write_report(workdir: str, plan, ledger, sampler, final,
                  accountants=('pld', 'rdp', 'edgeworth'),
-                 extra_rows=None) -> dict[str, Any]:
+                 extra_rows=None, mechanism_notes=None) -> dict[str, Any]:
   """Writes `privacy_report.json` and `privacy_report.txt`; returns the dict."""
-  report = build_report(plan, ledger, sampler, final, accountants, extra_rows)
+  report = build_report(plan, ledger, sampler, final, accountants, extra_rows,
+                        mechanism_notes)
   _atomic_write(os.path.join(workdir, 'privacy_report.json'),
                 json.dumps(report, indent=2, default=_default))
   text = format_text(report)

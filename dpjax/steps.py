@@ -82,8 +82,9 @@ def make_train_step(loss_fn: Callable[..., jax.Array],
     clip_norm_fn: for adaptive clipping, `clip_norm_fn(opt_state) -> C_t`
       reads the current clip norm from the chain state (default: the
       constant `l2_clip_norm`). The post-clip chain then also receives the
-      extra arguments `num_unclipped` (real examples with norm <= C_t, not
-      private: the chain must noise it) and `clip_norm` (C_t).
+      extra arguments `num_unclipped` (real examples with norm <= C_t),
+      `num_examples` (real examples), `norms` and `norms_mask` (per-example
+      norms): none of them private, the chain must privatize what it uses.
 
   The caller jits the returned function (with donation of `state`).
   """
@@ -94,8 +95,9 @@ def make_train_step(loss_fn: Callable[..., jax.Array],
     record_loss = lambda p, ex, k: loss_fn(p, frozen, ex, k)
     clip = (l2_clip_norm if clip_norm_fn is None
             else clip_norm_fn(state.opt_state))
+    norms = None
     if private:
-      total, stats, _ = clipping.microbatched_clipped_sum(
+      total, stats, norms = clipping.microbatched_clipped_sum(
           record_loss, state.trainable, batch, mask, keys,
           l2_clip_norm=clip, microbatch_size=microbatch_size)
     else:
@@ -105,7 +107,8 @@ def make_train_step(loss_fn: Callable[..., jax.Array],
     extra = {}
     if clip_norm_fn is not None:
       extra = {'num_unclipped': stats.num_examples - stats.num_clipped,
-               'clip_norm': clip}
+               'num_examples': stats.num_examples, 'clip_norm': clip,
+               'norms': norms, 'norms_mask': mask.astype(jnp.float32)}
     updates, post_state = post_clip.update(total, state.opt_state[1:],
                                            state.trainable, **extra)
     trainable = optax.apply_updates(state.trainable, updates)

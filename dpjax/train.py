@@ -170,7 +170,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   batch_sh = sharding.batch_sharding(mesh)
   repl = sharding.replicated(mesh)
 
-  stages = optimizers.dp_stages(
+  stages, clip_norm_fn, ac_notes = _adaptive_stages(config, plan, noise_key)
+  stages = stages or optimizers.dp_stages(
       l2_clip_norm=plan.l2_clip_norm if plan.enabled else 1.0,
       noise_multiplier=plan.noise_multiplier,
       expected_batch_size=plan.expected_batch_size,
@@ -209,7 +210,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       steps_lib.make_train_step(model.loss_fn, optimizers.post_clip(stages),
                                 l2_clip_norm=stages_clip(plan),
                                 microbatch_size=config.train.microbatch_size,
-                                private=plan.enabled),
+                                private=plan.enabled,
+                                clip_norm_fn=clip_norm_fn),
       donate_argnums=(0,))
   eval_fn = jax.jit(model.eval_fn)
   accountant = get_accountant(plan.accountant) if plan.enabled else None
@@ -266,7 +268,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   final['eval_loss_initial'] = initial.get('eval_loss')
   final['eval_accuracy_initial'] = initial.get('eval_accuracy')
   report = reporting.write_report(workdir, plan, ledger, sampler, final,
-                                  accountants=config.dp.report_accountants)
+                                  accountants=config.dp.report_accountants,
+                                  mechanism_notes=ac_notes)
   writer.close()
   ckpt.close()
   if config.plot:
@@ -276,6 +279,43 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                      workdir)
   return {'state': state, 'frozen': frozen, 'report': report, 'final': final,
           'plan': plan, 'ledger': ledger}
+
+
+def _adaptive_stages(config, plan: PrivacyPlan, noise_key):
+  """DP-Adam-AC stages when `config.dp_adam_ac.enabled`, else (None, None, None).
+
+  The ledger still records (q, sigma) with sigma the configured multiplier z:
+  gradient and count noise are one Gaussian mechanism of multiplier z
+  (dpjax.dp_adam_ac). The paper-faithful percentile mode is not private;
+  the report says so.
+  """
+  ac = config.dp_adam_ac
+  if not (plan.enabled and ac.enabled):
+    return None, None, None
+  from dpjax import dp_adam_ac  # pylint: disable=g-import-not-at-top
+  fields = {k: ac[k] for k in (
+      'initial_clip_norm', 'target_quantile', 'clip_learning_rate',
+      'count_centered', 'min_clip_norm', 'max_clip_norm',
+      'nonprivate_percentile_clipping', 'history_size', 'adapt_learning_rate',
+      'lr_band', 'lr_up', 'lr_down', 'lr_min_multiplier', 'lr_max_multiplier')}
+  fields['count_noise_std'] = (ac.count_noise_std or
+                               plan.expected_batch_size / 20.0)
+  try:
+    stages = dp_adam_ac.dp_adam_ac_stages(
+        noise_multiplier=plan.noise_multiplier,
+        expected_batch_size=plan.expected_batch_size,
+        learning_rate=_schedule(config), key=noise_key, b1=config.train.b1,
+        b2=config.train.b2, eps=config.train.eps,
+        weight_decay=config.train.weight_decay,
+        ema_decay=config.train.ema_decay, **fields)
+  except ValueError as e:
+    raise configuration.ConfigError(
+        'dp_adam_ac', str(e), 'settings accepted by dp_adam_ac_stages (e.g. '
+        'count_noise_std > noise multiplier / 2 for the centered count)') from e
+  notes = dp_adam_ac.privacy_notes(
+      nonprivate_percentile_clipping=ac.nonprivate_percentile_clipping,
+      noise_multiplier=plan.noise_multiplier)
+  return stages, dp_adam_ac.current_clip_norm, notes
 
 
 def stages_clip(plan: PrivacyPlan) -> float:

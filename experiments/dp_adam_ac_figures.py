@@ -240,6 +240,8 @@ def main():
   ap.add_argument('--ema_decay', type=float, default=0.9)
   ap.add_argument('--clip0', type=float, default=1.0)
   ap.add_argument('--bad_clip', type=float, default=20.0)
+  ap.add_argument('--seeds', type=int, default=2,
+                  help='repetitions of the private AC / DP-AdamW pairs')
   ap.add_argument('--target_quantile', type=float, default=0.5)
   ap.add_argument('--delta', type=float, default=1e-5)
   ap.add_argument('--eval_every', type=int, default=10)
@@ -265,20 +267,23 @@ def main():
     module, params0 = build(family, args)
     plan = []
     for eps, sigma in levels:
-      plan.append(('dp_adam_ac', eps, sigma, args.clip0))
-      plan.append(('dp_adamw_fixed_c', eps, sigma, args.clip0))
+      for rep in range(args.seeds if sigma > 0 else 1):
+        plan.append(('dp_adam_ac', eps, sigma, args.clip0, rep))
+        plan.append(('dp_adamw_fixed_c', eps, sigma, args.clip0, rep))
     smallest = min(levels[1:], key=lambda l: l[1]) if len(levels) > 1 else None
     if smallest:
       # A badly tuned clip norm: AC should find its way back, fixed C not.
-      plan.append(('dp_adam_ac', smallest[0], smallest[1], args.bad_clip))
+      plan.append(('dp_adam_ac', smallest[0], smallest[1], args.bad_clip, 0))
       plan.append(('dp_adamw_fixed_c', smallest[0], smallest[1],
-                   args.bad_clip))
+                   args.bad_clip, 0))
       plan.append(('percentile_nonprivate', smallest[0], smallest[1],
-                   args.clip0))
+                   args.clip0, 0))
     record_loss, eval_loss = make_losses(module)
     steps_by_method = {}
-    for i, (method, eps, sigma, c0) in enumerate(plan):
-      seed = args.seed + 100 + 7 * (i // 2)
+    for i, (method, eps, sigma, c0, rep) in enumerate(plan):
+      # AC and DP-AdamW of one (level, rep) share the seed: same batches and
+      # noise keys (common random numbers), so their difference is paired.
+      seed = args.seed + 1000 * rep + 100 + 7 * (i // 2)
       stages = stages_for(method, sigma, c0, args, seed)
       if method not in steps_by_method:
         steps_by_method[method] = compiled_step(method, stages, record_loss,
@@ -294,11 +299,11 @@ def main():
       private = method != 'percentile_nonprivate' and sigma > 0
       for r in rows:
         curves.append(dict(model=family, method=method, target_epsilon=eps,
-                           sigma=sigma, clip0=c0, **r))
+                           sigma=sigma, clip0=c0, rep=rep, **r))
       last = rows[-1]
       summary.append(dict(
           model=family, method=method, target_epsilon=eps, sigma=sigma,
-          clip0=c0, epsilon_pld=e_pld, epsilon_rdp=e_rdp,
+          clip0=c0, rep=rep, epsilon_pld=e_pld, epsilon_rdp=e_rdp,
           formally_private=('yes' if private else
                             ('NO (not private)' if sigma > 0 else 'no noise')),
           eval_raw=last['eval_raw'], eval_ema=last['eval_ema'],
@@ -337,19 +342,34 @@ def write(curves, summary, h_rate, args):
       'multiplier on the privatized clip rate. Held-out loss of the final raw '
       'and EMA weights; one seed per row.',
       '',
-      '| model | method | C_0 | target ε | σ | ε (PLD) | ε (RDP) | private | '
-      'eval raw | eval EMA | best EMA | final C | final LR mult |',
-      '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+      '| model | method | C_0 | rep | target ε | σ | ε (PLD) | ε (RDP) | '
+      'private | eval raw | eval EMA | best EMA | final C | final LR mult |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
   for s in summary:
     lines.append(
-        f"| {s['model']} | {s['method']} | {s['clip0']:g} | "
+        f"| {s['model']} | {s['method']} | {s['clip0']:g} | {s['rep']} | "
         f"{s['target_epsilon']} | "
         f"{s['sigma']:.3f} | {s['epsilon_pld']:.3f} | {s['epsilon_rdp']:.3f} | "
         f"{s['formally_private']} | {s['eval_raw']:.4f} | {s['eval_ema']:.4f} "
         f"| {s['best_eval_ema']:.4f} | {s['final_clip_norm']:.3f} | "
         f"{s['final_lr_multiplier']:.3f} |")
   lines += ['', 'Rows marked "NO (not private)" use the paper\'s percentile-'
-            'of-raw-norms rule: the ε columns do not apply to them.', '']
+            'of-raw-norms rule: the ε columns do not apply to them.', '',
+            '## Paired differences, DP-Adam-AC minus DP-AdamW (same seed, '
+            'same ε), final held-out loss', '',
+            '| model | C_0 | target ε | rep | Δ raw | Δ EMA |',
+            '|---|---|---|---|---|---|']
+  for s in summary:
+    if s['method'] != 'dp_adam_ac':
+      continue
+    twin = [t for t in summary if t['method'] == 'dp_adamw_fixed_c' and
+            all(t[k] == s[k] for k in ('model', 'clip0', 'sigma', 'rep'))]
+    if twin:
+      t = twin[0]
+      lines.append(f"| {s['model']} | {s['clip0']:g} | {s['target_epsilon']} "
+                   f"| {s['rep']} | {s['eval_raw'] - t['eval_raw']:+.4f} | "
+                   f"{s['eval_ema'] - t['eval_ema']:+.4f} |")
+  lines.append('')
   with open(os.path.join(args.out, 'dp_adam_ac_summary.md'), 'w') as f:
     f.write('\n'.join(lines))
   plot(curves, h_rate, args)
@@ -377,7 +397,7 @@ def plot(curves, h_rate, args):
 
     def series(method, sigma, c0):
       return [c for c in rows if c['method'] == method and
-              c['sigma'] == sigma and c['clip0'] == c0]
+              c['sigma'] == sigma and c['clip0'] == c0 and c['rep'] == 0]
 
     for (eps, sigma) in levels:
       col = colors[(eps, sigma)]
@@ -408,7 +428,7 @@ def plot(curves, h_rate, args):
                       color='tab:red' if c0 == args.bad_clip else 'tab:orange',
                       label=f'{tags[method]} from C_0={c0:g}, {lab}')
       r = series('dp_adamw_fixed_c', sigma, args.clip0)
-      if r and sigma > 0 and any(c['clip0'] == args.bad_clip for c in rows):
+      if r and sigma > 0 and series('dp_adam_ac', sigma, args.bad_clip):
         a_bad.plot([c['step'] for c in r], [c['eval_ema'] for c in r], '--',
                    color='grey', label=f'DP-AdamW fixed C={args.clip0:g}, '
                    f'{lab}')

@@ -1,4 +1,4 @@
-"""Adaptive clipping: quantile tracking, joint accounting, percentile rule, LR rule."""
+"""Adaptive clipping: quantile tracking, joint accounting, percentile, LR."""
 
 import jax
 import jax.numpy as jnp

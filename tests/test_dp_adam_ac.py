@@ -1,4 +1,4 @@
-"""DP-Adam-AC chain: both driving paths, noise at C_t, AdamW, EMA, LR multiplier."""
+"""DP-Adam-AC chain: both paths, noise at C_t, AdamW, EMA, LR multiplier."""
 
 import jax
 import jax.numpy as jnp

@@ -146,3 +146,25 @@ def test_one_device_equals_eight_devices(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   res = json.loads(proc.stdout.strip().splitlines()[-1])
   assert res['max_abs_diff'] <= 1e-5 * max(1.0, res['scale']), res
+
+
+def test_dp_adam_ac_runs_and_faithful_percentile_mode_is_flagged(tmp_path):
+  config = debug.get_config()
+  config.train.steps = 3
+  config.dp_adam_ac.enabled = True
+  config.dp_adam_ac.initial_clip_norm = 0.05
+  out = train.train_and_evaluate(config, str(tmp_path / 'ac'))
+  rep = out['report']
+  assert rep['mechanism_notes']['formally_private'] is True
+  recs = [json.loads(l) for l in open(tmp_path / 'ac' / 'metrics.jsonl')]
+  clip_norms = [r['clip_norm'] for r in recs if 'clip_norm' in r]
+  assert clip_norms and clip_norms[-1] != pytest.approx(0.05)  # C_t adapts
+  # Accounted as one Gaussian of the configured multiplier (ledger sigma).
+  assert out['ledger'].phases[0].sigma == pytest.approx(
+      out['plan'].noise_multiplier)
+
+  config.dp_adam_ac.nonprivate_percentile_clipping = True
+  out = train.train_and_evaluate(config, str(tmp_path / 'faithful'))
+  assert out['report']['formally_private'] is False
+  text = open(tmp_path / 'faithful' / 'privacy_report.txt').read()
+  assert 'NOT DIFFERENTIALLY PRIVATE' in text

@@ -23,9 +23,10 @@ def get_accountant(name: str, **options: Any):
 
   Args:
     name: the accountant's name.
-    **options: passed to its constructor (e.g. `orders=`, `conversion=` for
-      'rdp'; `value_discretization_interval=` for 'pld'; `order=` for
-      'edgeworth').
+    **options: passed to its constructor: 'rdp': `orders=`, `conversion=`
+      ('improved' | 'classic'); 'pld': `value_discretization_interval=`,
+      `tail_bound=`, `max_bins=`, `min_interval=`, `max_distinct=`;
+      'edgeworth': `order=` (1-3), `directions=` ('remove' | 'both').
   """
   if not isinstance(name, str):
     return name  # already an accountant

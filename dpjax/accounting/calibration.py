@@ -23,6 +23,7 @@ from typing import Any, Callable
 from scipy import optimize
 
 from dpjax.accounting import ledger as ledger_lib
+from dpjax.accounting import rdp as rdp_lib
 
 Phase = ledger_lib.Phase
 
@@ -127,19 +128,22 @@ def _refine(eps: Callable[[float], float], target: float, lo: float,
 
 def _rdp_guess(target_epsilon, delta, q, steps, neighbouring) -> float:
   """A fast starting sigma from RDP (feasible for RDP, usually close)."""
-  from dpjax.accounting import rdp as rdp_lib  # pylint: disable=g-import-not-at-top
   orders = (1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
   acc = rdp_lib.RdpAccountant(orders)
   if neighbouring == 'replace_one' and q < 1:
     neighbouring = 'add_remove'  # only a starting point
   lo, hi = 1e-2, 1.0
-  while acc.epsilon([Phase(q, hi, steps)], delta, neighbouring) > target_epsilon:
+
+  def eps(sigma):
+    return acc.epsilon([Phase(q, sigma, steps)], delta, neighbouring)
+
+  while eps(hi) > target_epsilon:
     lo, hi = hi, hi * 2
     if hi > 1e5:
       return hi
   for _ in range(30):
     mid = math.sqrt(lo * hi)
-    if acc.epsilon([Phase(q, mid, steps)], delta, neighbouring) > target_epsilon:
+    if eps(mid) > target_epsilon:
       lo = mid
     else:
       hi = mid

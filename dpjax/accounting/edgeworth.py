@@ -11,12 +11,12 @@ replaced by their Edgeworth expansions of order 1, 2 or 3, and
 
 solved for eps by a bracketing solver (scan, then Brent).
 
-The pairs are those of `pld.py`: for add/remove the 'remove' direction
-(U = (1-q) N(0) + q N(1), V = N(0); the one the reference code uses) and the
-'add' direction (U = N(0), V = mixture), the larger estimate reported; for
-replace-one, U = (1-q)N(0)+qN(-1), V = (1-q)N(0)+qN(1). With
-`directions='remove'` it is exactly the reference code's computation (what
-EW-Tune calibrated with).
+The pairs are those of `pld.py`. For add/remove the default
+(`directions='remove'`) is the 'remove' direction only (U = (1-q) N(0) +
+q N(1), V = N(0)): exactly the reference code's computation, what EW-Tune
+calibrated with. `directions='both'` also evaluates the 'add' direction
+(U = N(0), V = mixture) and reports the larger estimate. For replace-one,
+U = (1-q)N(0)+qN(-1), V = (1-q)N(0)+qN(1).
 
 The finite-sample error bound of the first-order expansion (reference code's
 `error_bound_edgeworth_1`, Derumigny-Girard-Guyonvarch style, uniform in x)
@@ -347,7 +347,8 @@ class EdgeworthAccountant:
     upper delta bound reach `delta`).
     """
     rdp_lib._check_delta(delta)  # pylint: disable=protected-access
-    phases = [p for p in rdp_lib._as_phases(phases) if p.count > 0]  # pylint: disable=protected-access
+    phases = [p for p in rdp_lib._as_phases(phases)  # pylint: disable=protected-access
+              if p.count > 0]
     if len(phases) != 1 or phases[0].sigma == 0:
       out = {'available': False,
              'reason': 'the finite-sample bound is implemented for one phase '
@@ -382,7 +383,8 @@ class EdgeworthAccountant:
       result['eps_lower'] = max(result['eps_lower'], eps_lo)
     if result['vacuous']:
       result['message'] = (
-          f"vacuous: the uniform Edgeworth error bounds (e_U={result['e_u']:.3g}"
+          'vacuous: the uniform Edgeworth error bounds '
+          f"(e_U={result['e_u']:.3g}"
           f", e_V={result['e_v']:.3g}) exceed delta={delta:g}, so no finite "
           'epsilon is certified.')
     self.last_bound = result

@@ -2,13 +2,17 @@
 
 Each distinct step (q, sigma) becomes a discretized privacy loss distribution
 (PLD) on the grid {k * interval} built by the "connect-the-dots" method of
-Doroshenko, Ghazi, Kamath, Kumar, Manurangsi (PETS 2022): the exact hockey-stick
-curve delta(eps) of the mechanism's dominating pair is evaluated in closed form
-at the grid points and the PLD is the one whose curve linearly interpolates it
-in e^eps. All steps are composed at once in the Fourier domain: every phase's
-PLD is transformed once and raised to the power `count`, the product is
-transformed back on a window of losses chosen by a Chernoff bound, and the
-mass that can lie outside the window is added to delta.
+Doroshenko, Ghazi, Kamath, Kumar, Manurangsi (PETS 2022): the PLD whose
+hockey-stick curve linearly interpolates (in e^eps) the exact curve delta(eps)
+of the mechanism's dominating pair at the grid points. It is computed from
+the exact P- and Q-masses of each loss interval (closed form: the loss is
+monotone in the noise coordinate), splitting each interval's mass between its
+end points, so every term is non-negative and free of cancellation. All steps
+are composed at once in the Fourier domain: every phase's PLD is transformed
+once and raised to the power `count`, the product is transformed back on a
+window of losses chosen by a Chernoff bound, and the mass that can lie outside
+the window is added to delta. A small epsilon (< 1000 intervals) is
+recomputed on a 10x finer grid and the smaller bound kept.
 
 Dominating pairs (sensitivity 1, noise N(0, sigma^2), Poisson rate q), as in
 dp_accounting:
@@ -30,7 +34,8 @@ Formal guarantees:
   bound; the discretization top is mass at +inf; the composed mass above the
   window (Chernoff bound, `tail_bound`) is added to delta. Not a bound in the
   interval-arithmetic sense: the closed-form delta(eps) of one step is
-  computed with SciPy's ndtr in float64.
+  computed with SciPy's ndtr in float64. Losses above 700 nats are charged
+  to +inf (only matters when epsilon is astronomically large).
 """
 
 from __future__ import annotations
@@ -47,9 +52,6 @@ from dpjax.accounting import ledger as ledger_lib
 from dpjax.accounting import rdp as rdp_lib
 
 Phase = ledger_lib.Phase
-
-_LOG_TAIL = math.log(1e-30)  # single-step curve truncation (mass -> +inf)
-
 
 def _ndtr(x):
   return special.ndtr(x)
@@ -156,42 +158,44 @@ class _Pmf:
 
   def __init__(self, offset: int, mass: np.ndarray, inf_mass: float, h: float):
     self.offset, self.mass, self.inf_mass, self.h = offset, mass, inf_mass, h
-    nz = np.nonzero(mass)[0]
-    self._losses = (offset + nz) * h
-    self._m = mass[nz]
-    total = float(self._m.sum())
+    losses, m = self._finite()
+    self.finite_size = int(m.size)
+    total = float(m.sum())
     if total > 0:
-      self.mean = _dot(self._m, self._losses) / total
-      self.var = _dot(self._m, (self._losses - self.mean)**2) / total
+      self.mean = _dot(m, losses) / total
+      self.var = _dot(m, (losses - self.mean)**2) / total
     else:  # everything at +inf
       self.mean, self.var = 0.0, 0.0
     self._spectra: dict[int, np.ndarray] = {}
 
+  def _finite(self):
+    nz = np.nonzero(self.mass)[0]
+    return (self.offset + nz) * self.h, self.mass[nz]
+
   def log_mgf(self, t: np.ndarray) -> np.ndarray:
     """log E[e^{t L}; L finite] for each t."""
-    if self._m.size == 0:
+    if self.finite_size == 0:
       return np.full(len(t), -np.inf)
+    losses, m = self._finite()
     out = np.empty(len(t))
     for i, ti in enumerate(t):
-      e = ti * self._losses
+      e = ti * losses
       mx = float(e.max())
       # Clipping avoids slow subnormals and only overstates the MGF.
-      out[i] = mx + math.log(
-          _dot(self._m, np.exp(np.maximum(e - mx, -700.0))))
+      out[i] = mx + math.log(_dot(m, np.exp(np.maximum(e - mx, -700.0))))
     return out
 
-  def spectrum(self, n: int) -> np.ndarray:
-    """rfft of the mass folded modulo n (cached)."""
+  def spectrum(self, n: int, keep: bool = True) -> np.ndarray:
+    """rfft of the mass folded modulo n (the last one kept if `keep`)."""
     if n not in self._spectra:
       m = self.mass
       if m.size > n:
         pad = (-m.size) % n
         m = np.concatenate([m, np.zeros(pad)]).reshape(-1, n).sum(axis=0)
       spec = sp_fft.rfft(m, n)
-      if n > (1 << 21):  # do not keep very large spectra alive
+      self._spectra.clear()
+      if not keep or n > (1 << 21):  # do not keep large spectra alive
         return spec
-      if len(self._spectra) >= 2:
-        self._spectra.clear()
       self._spectra[n] = spec
     return self._spectra[n]
 
@@ -306,6 +310,12 @@ class PldAccountant:
     cache_size: number of single-step PLDs kept.
     min_interval: when epsilon < 1000 h, `epsilon` retries with h / 10 (down
       to this) and keeps the smaller of the two upper bounds.
+    max_distinct: more distinct (q, sigma) steps than this (e.g. a per-step
+      variable-q schedule) are merged by rounding q up and sigma down onto
+      geometric grids, the finest that leaves at most this many; each step
+      becomes less private (the PLD is monotone in q and in 1/sigma), so the
+      result is still an upper bound, slightly looser
+      (`describe()['bucket_rtol']`).
   """
 
   name = 'pld'
@@ -313,12 +323,15 @@ class PldAccountant:
 
   def __init__(self, value_discretization_interval: float = 1e-4,
                tail_bound: float = 1e-15, max_bins: int = 1 << 22,
-               cache_size: int = 64, min_interval: float = 1e-8):
+               cache_size: int = 160, min_interval: float = 1e-8,
+               max_distinct: int = 64):
     if not value_discretization_interval > 0:
       raise ValueError('value_discretization_interval must be > 0, got '
                        f'{value_discretization_interval!r}.')
     self.h = float(value_discretization_interval)
     self.min_interval = float(min_interval)
+    self.max_distinct = int(max_distinct)
+    self.last_bucket_rtol = 0.0
     self.tail_bound = float(tail_bound)
     self.max_bins = int(max_bins)
     self._pmfs: collections.OrderedDict = collections.OrderedDict()
@@ -356,8 +369,7 @@ class PldAccountant:
       log_keep += (c * math.log1p(-pmf.inf_mass) if pmf.inf_mass < 1
                    else -math.inf)
     inf_mass = -math.expm1(log_keep)
-    if inf_mass >= 1.0 or any(pmf.mean == pmf.var == 0.0 and
-                              pmf._m.size == 0 for pmf, _ in pmfs):  # pylint: disable=protected-access
+    if inf_mass >= 1.0 or any(pmf.finite_size == 0 for pmf, _ in pmfs):
       return (np.zeros(1), np.zeros(1), 1.0)
     # Window [lo, hi] of the finite sum: Chernoff bounds (valid for any t),
     # at a few t around the Gaussian-optimal one.
@@ -379,7 +391,7 @@ class PldAccountant:
     spec = None
     total_offset = 0
     for pmf, c in pmfs:
-      part = _power(pmf.spectrum(n), c)
+      part = _power(pmf.spectrum(n, keep=len(pmfs) <= 4), c)
       spec = part if spec is None else spec * part
       total_offset += c * pmf.offset
     circ = sp_fft.irfft(spec, n)
@@ -405,7 +417,7 @@ class PldAccountant:
     return ('remove', 'add')
 
   def _composed_all(self, phases, neighbouring):
-    key = _key(phases)
+    key = self._bucketed(_key(phases))
     dirs = self._directions(neighbouring, key)
     h = self.h
     while True:
@@ -414,6 +426,27 @@ class PldAccountant:
         self.last_interval = h
         return res
       h *= 2.0
+
+  def _bucketed(self, key: tuple) -> tuple:
+    """At most `max_distinct` distinct steps: q rounded up and sigma down
+    onto geometric grids (each step is then less private, so the bound
+    stays valid); the grid ratio used is kept in `last_bucket_rtol`."""
+    self.last_bucket_rtol = 0.0
+    if len({(q, s) for q, s, _ in key}) <= self.max_distinct:
+      return key
+    r = 1e-3
+    while True:
+      lr = math.log1p(r)
+      merged: dict[tuple[float, float], int] = {}
+      for q, s, c in key:
+        qb = min(1.0, math.exp(math.ceil(math.log(q) / lr - 1e-12) * lr))
+        sb = (math.exp(math.floor(math.log(s) / lr + 1e-12) * lr)
+              if s > 0 else 0.0)
+        merged[(qb, sb)] = merged.get((qb, sb), 0) + c
+      if len(merged) <= self.max_distinct:
+        self.last_bucket_rtol = r
+        return tuple((q, s, c) for (q, s), c in sorted(merged.items()))
+      r *= 1.25
 
   # -- public API -----------------------------------------------------------
 
@@ -465,6 +498,8 @@ class PldAccountant:
         'interval_used': self.last_interval,
         'tail_bound': self.tail_bound,
         'window_bins': self.last_window_bins,
+        'max_distinct': self.max_distinct,
+        'bucket_rtol': self.last_bucket_rtol,
     }
 
 

@@ -429,6 +429,21 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: BertConfig) -> dict:
   return params
 
 
+def with_head(params: dict, config: BertConfig) -> dict:
+  """`params` plus the seeded head parts (classifier, pooler) it lacks.
+
+  For turning a loaded encoder (`head='none'`) into a classifier: the same
+  initialization `params_from_hf` gives a missing head
+  (`config.head_init_seed`). Existing entries are kept.
+  """
+  needed = {'classifier'} if config.head == 'classification' else set()
+  if config.add_pooling_layer:
+    needed.add('pooler')
+  out = dict(params)
+  out.update(_init_head(config, needed - set(params)))
+  return out
+
+
 def params_to_hf(params: dict, config: BertConfig) -> dict[str, np.ndarray]:
   """Flax params -> torch state dict named as `to_hf_config`'s architecture.
 

@@ -128,3 +128,16 @@ def test_edge_cases():
     acc.epsilon([Phase(0.1, 1.0, 10)], 0.0)
   assert acc.describe()['kind'] == 'estimate'
   assert 0.0 <= acc.delta([Phase(0.01, 1.0, 100)], 1.0) <= 1.0
+
+
+@pytest.mark.parametrize('n_data,sigma,prv_lo,prv_hi', [
+    (67349, 0.7865, 8.19, 8.39), (392702, 0.5570, 9.04, 9.24)])
+def test_estimate_understates_the_tight_bound_at_ewtune_sigma(
+    n_data, sigma, prv_lo, prv_hi):
+  """ALGORITHMS.md open question 2: at EW-Tune's sigma the PRV accountant
+  gives eps in [prv_lo, prv_hi]; our PLD agrees, the estimate says 8.0."""
+  phases = [Phase(2000 / n_data, sigma, 20 * (n_data // 2000))]
+  bound = get_accountant('pld').epsilon(phases, 1e-5)
+  estimate = get_accountant('edgeworth').epsilon(phases, 1e-5)
+  assert prv_lo <= bound <= prv_hi
+  assert estimate < 8.0 < bound

@@ -62,8 +62,10 @@ def test_published_deltas():
 
 
 def test_random_cases_against_dp_accounting(rng_cases):
-  # Same discretization on both sides (1e-3 keeps dp_accounting fast).
-  acc = get_accountant('pld', value_discretization_interval=1e-3)
+  # Same discretization on both sides (1e-3 keeps dp_accounting fast; no
+  # refinement of small epsilons on ours).
+  acc = get_accountant('pld', value_discretization_interval=1e-3,
+                       min_interval=1e-3)
   for q, sigma in rng_cases[:10]:
     phases = [Phase(q, sigma, 200)]
     ref = _ref_accountant(phases, h=1e-3)
@@ -76,7 +78,8 @@ def test_random_cases_against_dp_accounting(rng_cases):
 
 
 def test_replace_one_against_dp_accounting(rng_cases):
-  acc = get_accountant('pld', value_discretization_interval=1e-3)
+  acc = get_accountant('pld', value_discretization_interval=1e-3,
+                       min_interval=1e-3)
   for q, sigma in rng_cases[:4] + [(1.0, 3.0)]:
     phases = [Phase(q, sigma, 100)]
     ref = _ref_accountant(phases, NR.REPLACE_ONE, h=1e-3)
@@ -90,7 +93,8 @@ def test_heterogeneous_against_dp_accounting():
   phases = [Phase(0.01, 1.0, 300), Phase(0.05, 2.0, 100), Phase(0.02, 0.8, 50),
             Phase(1.0, 20.0, 3)]
   ref = _ref_accountant(phases, h=1e-3)
-  acc = get_accountant('pld', value_discretization_interval=1e-3)
+  acc = get_accountant('pld', value_discretization_interval=1e-3,
+                       min_interval=1e-3)
   for delta in (1e-5, 1e-7):
     assert acc.epsilon(phases, delta) == pytest.approx(ref.get_epsilon(delta),
                                                        rel=5e-3)
@@ -120,6 +124,19 @@ def test_heterogeneous_never_below_prv_lower_bound():
   eps = get_accountant('pld').epsilon([Phase(0.02, 1.0, 500),
                                        Phase(0.05, 1.5, 200)], 1e-6)
   assert eps >= lower
+
+
+def test_small_epsilon_refinement_stays_above_prv_lower_bound():
+  q, sigma, steps, delta = 1e-3, 20.0, 2000, 1e-5
+  prv = prv_accountant.Accountant(noise_multiplier=sigma,
+                                  sampling_probability=q, delta=delta,
+                                  eps_error=1e-3, max_compositions=steps)
+  lower, _, upper = prv.compute_epsilon(num_compositions=steps)
+  coarse = get_accountant('pld', min_interval=1e-4).epsilon(
+      [Phase(q, sigma, steps)], delta)
+  fine = get_accountant('pld').epsilon([Phase(q, sigma, steps)], delta)
+  assert lower <= fine < coarse
+  assert fine <= upper
 
 
 @pytest.mark.parametrize('sigma,steps', [(1.0, 1), (3.0, 10), (10.0, 400)])
@@ -176,3 +193,16 @@ def test_fast_for_ten_thousand_steps():
   for steps in range(100, 2100, 400):
     acc.epsilon([Phase(0.01, 1.0, steps)], 1e-5)
   assert time.perf_counter() - t < 3.0
+
+
+def test_many_distinct_steps_are_bucketed_pessimistically():
+  # A ramp of 30 distinct rates (variable-q): merged into <= 20 buckets by
+  # rounding q up (by < 7% here), which can only increase epsilon.
+  phases = [Phase(q, 1.5, 5) for q in np.linspace(0.01, 0.03, 30)]
+  exact = get_accountant('pld', max_distinct=100).epsilon(phases, 1e-6)
+  bucketed_acc = get_accountant('pld', max_distinct=20)
+  bucketed = bucketed_acc.epsilon(phases, 1e-6)
+  assert exact <= bucketed <= exact * 1.07
+  assert bucketed_acc.describe()['bucket_rtol'] > 0
+  # Still never above the RDP bound here.
+  assert bucketed <= get_accountant('rdp').epsilon(phases, 1e-6)

@@ -125,6 +125,9 @@ def test_missing_head_is_seeded_and_vmap_grad_works():
   np.testing.assert_array_equal(params['classifier']['kernel'],
                                 again['classifier']['kernel'])
   assert np.abs(params['classifier']['kernel']).max() > 0
+  encoder = {k: v for k, v in params.items() if k != 'classifier'}
+  rebuilt = bert.with_head(encoder, config)
+  assert jax.tree.all(jax.tree.map(np.array_equal, rebuilt, params))
   ids, mask, _ = _inputs('bert')
 
   def loss(p, x, m, y, key):
