@@ -66,18 +66,20 @@ def record_loss(module):
   return loss
 
 
-def variants(module, params, batch, args):
-  b = args.batch
-  loss = record_loss(module)
-  adamw = optax.adamw(1e-3)
+def variants(loss, trainable, frozen, batch, *, micro, dp_micro_small):
+  """Jitted step variants on `loss(trainable, frozen, example, key)`.
 
-  def whole(params, opt_state, batch):
+  Returns {name: (jitted fn, make_args)}; every variant updates `trainable`
+  with AdamW; `frozen` (PEFT base weights) is an argument, never vmapped.
+  """
+  b = next(iter(batch.values())).shape[0]
+  adamw = optax.adamw(1e-3)
+  keys = jax.random.split(jax.random.key(3), b)
+
+  def whole(params, opt_state, frozen, batch):
     def mean_loss(p):
-      logits = module.apply({'params': p}, batch['inputs'])
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                           batch['targets'])
-      return jnp.mean(jnp.sum(ce * batch['weights'], -1) /
-                      jnp.sum(batch['weights'], -1))
+      return jnp.mean(jax.vmap(loss, (None, None, 0, 0))(p, frozen, batch,
+                                                         keys))
     g = jax.grad(mean_loss)(params)
     u, opt_state = adamw.update(g, opt_state, params)
     return optax.apply_updates(params, u), opt_state
@@ -90,34 +92,73 @@ def variants(module, params, batch, args):
   dp = optimizers.dp_stages(l2_clip_norm=1.0, noise_multiplier=1.0,
                             expected_batch_size=b, learning_rate=1e-3,
                             key=jax.random.key(1), ema_decay=0.0)
-  micro_step = steps_lib.make_train_step(
-      loss, optimizers.post_clip(plain), l2_clip_norm=1.0,
-      microbatch_size=args.micro, private=False)
-  dp_step = steps_lib.make_train_step(
-      loss, optimizers.post_clip(dp), l2_clip_norm=1.0,
-      microbatch_size=args.micro, private=True)
-  dp_step_small = steps_lib.make_train_step(
-      loss, optimizers.post_clip(dp), l2_clip_norm=1.0,
-      microbatch_size=args.dp_micro_small, private=True)
+  def step(stages, m, private):
+    return steps_lib.make_train_step(loss, optimizers.post_clip(stages),
+                                     l2_clip_norm=1.0, microbatch_size=m,
+                                     private=private)
   mask = jnp.ones((b,), jnp.float32)
   dkey = jax.random.key(2)
 
   def state_for(stages):
     tx = optimizers.chain(stages)
-    p = jax.tree.map(jnp.copy, params)
+    p = jax.tree.map(jnp.copy, trainable)
     return steps_lib.TrainState(jnp.zeros((), jnp.int32), p, tx.init(p))
 
   out = {}
   out['nonprivate_whole'] = (jax.jit(whole, donate_argnums=(0, 1)),
-                             lambda: (jax.tree.map(jnp.copy, params),
-                                      adamw.init(params), batch))
-  out['nonprivate_micro'] = (jax.jit(micro_step, donate_argnums=(0,)),
-                             lambda: (state_for(plain), {}, batch, mask, dkey))
-  out['dp_micro'] = (jax.jit(dp_step, donate_argnums=(0,)),
-                     lambda: (state_for(dp), {}, batch, mask, dkey))
-  out['dp_micro_small'] = (jax.jit(dp_step_small, donate_argnums=(0,)),
-                           lambda: (state_for(dp), {}, batch, mask, dkey))
+                             lambda: (jax.tree.map(jnp.copy, trainable),
+                                      adamw.init(trainable), frozen, batch))
+  out['nonprivate_micro'] = (
+      jax.jit(step(plain, micro, False), donate_argnums=(0,)),
+      lambda: (state_for(plain), frozen, batch, mask, dkey))
+  out['dp_micro'] = (jax.jit(step(dp, micro, True), donate_argnums=(0,)),
+                     lambda: (state_for(dp), frozen, batch, mask, dkey))
+  out['dp_micro_small'] = (
+      jax.jit(step(dp, dp_micro_small, True), donate_argnums=(0,)),
+      lambda: (state_for(dp), frozen, batch, mask, dkey))
   return out
+
+
+def measure(fns, rounds, reps):
+  """(median seconds, all seconds, compile seconds, memory) per variant."""
+  mem, times, compile_s = {}, {k: [] for k in fns}, {}
+  for name, (fn, make_args) in fns.items():
+    mem[name] = memory_bytes(fn, make_args())
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*make_args()))
+    compile_s[name] = time.perf_counter() - t
+  for _ in range(rounds):  # interleaved rounds
+    for name, (fn, make_args) in fns.items():
+      a = make_args()
+      jax.block_until_ready(a)
+      t = time.perf_counter()
+      for _ in range(reps):
+        if name == 'nonprivate_whole':
+          a = fn(*a) + tuple(a[2:])   # (params, opt_state) + (frozen, batch)
+        else:
+          state, _ = fn(*a)           # (state, metrics)
+          a = (state,) + tuple(a[1:])
+      jax.block_until_ready(a)
+      times[name].append((time.perf_counter() - t) / reps)
+  med = {k: statistics.median(v) for k, v in times.items()}
+  return med, times, compile_s, mem
+
+
+def ratios(med, mem):
+  best_name = min(('nonprivate_whole', 'nonprivate_micro'), key=med.get)
+  best, best_mem = med[best_name], mem[best_name]['total']
+  return best_name, {
+      'dp_time_vs_best_nonprivate': med['dp_micro'] / best,
+      'dp_time_vs_whole_batch': med['dp_micro'] / med['nonprivate_whole'],
+      'dp_memory_vs_best_nonprivate': mem['dp_micro']['total'] / best_mem,
+      'dp_memory_vs_whole_batch': (mem['dp_micro']['total'] /
+                                   mem['nonprivate_whole']['total']),
+      'dp_small_micro_time_vs_best_nonprivate': med['dp_micro_small'] / best,
+      'dp_small_micro_memory_vs_best_nonprivate': (
+          mem['dp_micro_small']['total'] / best_mem),
+      'micro_time_vs_whole_batch': (med['nonprivate_micro'] /
+                                    med['nonprivate_whole']),
+  }
 
 
 def memory_bytes(fn, args) -> dict[str, int]:
@@ -146,61 +187,31 @@ def main():
 
   module, params, batch = build(args)
   n_params = sum(x.size for x in jax.tree.leaves(params))
-  fns = variants(module, params, batch, args)
-  mem, times, compile_s = {}, {k: [] for k in fns}, {}
-  for name, (fn, make_args) in fns.items():
-    mem[name] = memory_bytes(fn, make_args())
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*make_args()))
-    compile_s[name] = time.perf_counter() - t
-  for _ in range(args.rounds):  # interleaved rounds
-    for name, (fn, make_args) in fns.items():
-      a = make_args()
-      jax.block_until_ready(a)
-      t = time.perf_counter()
-      for _ in range(args.reps):
-        if name == 'nonprivate_whole':
-          a = fn(*a) + (a[2],)   # (params, opt_state) + batch
-        else:
-          state, _ = fn(*a)      # (state, metrics)
-          a = (state,) + tuple(a[1:])
-      jax.block_until_ready(a)
-      times[name].append((time.perf_counter() - t) / args.reps)
-  med = {k: statistics.median(v) for k, v in times.items()}
-  best = min(med['nonprivate_whole'], med['nonprivate_micro'])
-  best_name = min(('nonprivate_whole', 'nonprivate_micro'), key=med.get)
-  best_mem = mem[best_name]['total']
+  fns = variants(record_loss(module), params, {}, batch, micro=args.micro,
+                 dp_micro_small=args.dp_micro_small)
+  med, times, compile_s, mem = measure(fns, args.rounds, args.reps)
+  best_name, rat = ratios(med, mem)
   result = {
       'setup': {'params': int(n_params), 'batch': args.batch, 'seq': args.seq,
-                'microbatch': args.micro, 'hidden': args.hidden,
-                'layers': args.layers, 'vocab': args.vocab,
-                'rounds': args.rounds, 'reps_per_round': args.reps,
-                'jax': jax.__version__, 'backend': jax.default_backend(),
+                'microbatch': args.micro,
+                'dp_microbatch_small': args.dp_micro_small,
+                'hidden': args.hidden, 'layers': args.layers,
+                'vocab': args.vocab, 'rounds': args.rounds,
+                'reps_per_round': args.reps, 'jax': jax.__version__,
+                'backend': jax.default_backend(),
                 'cpu_count': os.cpu_count(), 'machine': platform.machine()},
       'median_step_seconds': med,
       'all_step_seconds': times,
       'first_call_seconds_incl_compile': compile_s,
       'memory_bytes': mem,
       'best_nonprivate': best_name,
-      'ratios': {
-          'dp_small_micro_time_vs_best_nonprivate': (
-              med['dp_micro_small'] / best),
-          'dp_small_micro_memory_vs_best_nonprivate': (
-              mem['dp_micro_small']['total'] / best_mem),
-          'dp_time_vs_best_nonprivate': med['dp_micro'] / best,
-          'dp_time_vs_whole_batch': med['dp_micro'] / med['nonprivate_whole'],
-          'dp_memory_vs_best_nonprivate': mem['dp_micro']['total'] / best_mem,
-          'dp_memory_vs_whole_batch': (mem['dp_micro']['total'] /
-                                       mem['nonprivate_whole']['total']),
-          'micro_time_vs_whole_batch': (med['nonprivate_micro'] /
-                                        med['nonprivate_whole']),
-      },
+      'ratios': rat,
       'targets': {'time_ratio_max': 1.15, 'memory_ratio_max': 1.2},
   }
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, 'w') as f:
     json.dump(result, f, indent=2)
-  print(json.dumps({'median_step_seconds': med, 'ratios': result['ratios'],
+  print(json.dumps({'median_step_seconds': med, 'ratios': rat,
                     'memory_MB': {k: v['total'] / 2**20
                                   for k, v in mem.items()}}, indent=2))
 
