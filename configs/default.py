@@ -43,7 +43,10 @@ def get_config():
 
   # ---- Data ----
   config.data = ml_collections.ConfigDict()
-  config.data.corpus = 'shakespeare'   # shakespeare (embedded)
+  config.data.corpus = 'shakespeare'   # shakespeare (embedded) | records (synthetic notes + canaries)
+  config.data.records_n = 2000         # records: fictitious clinical notes (one record each).
+  config.data.canary_repetitions = (1, 10, 100)  # records: copies of each secret canary.
+  config.data.exposure_samples = 2000  # records: candidates scored per canary (sampled exposure).
   config.data.task = 'lm'              # lm (causal LM) | genre (passage -> genre classification)
   config.data.genres = ('comedy', 'tragedy')  # genre task: the classes
   config.data.passage_chars = 200      # genre task: minimum passage length
@@ -90,6 +93,9 @@ def get_config():
   config.train.steps = 100
   config.train.batch_size = 64         # Expected batch size B = qN (Poisson) or fixed (shuffle).
   config.train.max_batch_size = 96     # Static padded shape B_max; draws above it use 2 chunks.
+  config.train.batch_schedule = 'constant'  # constant | linear_ramp (variable q, Poisson only)
+  config.train.batch_schedule_start = 0.0   # linear_ramp: B at step 1 (ramps to batch_size).
+  config.train.batch_schedule_ramp_steps = 0  # linear_ramp: ramp length (0: all steps).
   config.train.microbatch_size = 8     # Per-example gradients computed m at a time.
   config.train.optimizer = 'adamw'     # adamw | adam | sgd
   config.train.learning_rate = 1e-3

@@ -72,7 +72,15 @@ def validate(config) -> None:
     _number(config, 'peft.lora_rank', 1, integer=True)
     _number(config, 'peft.lora_alpha', 0, lo_open=True)
 
-  _choice(config, 'data.corpus', ('shakespeare',))
+  corpus = _choice(config, 'data.corpus', ('shakespeare', 'records'))
+  if corpus == 'records':
+    _number(config, 'data.records_n', 1, integer=True)
+    reps = tuple(_get(config, 'data.canary_repetitions'))
+    _check(all(isinstance(r, int) and r >= 0 for r in reps),
+           'data.canary_repetitions', reps, 'integers >= 0')
+    _number(config, 'data.exposure_samples', 1, integer=True)
+    _check(_get(config, 'data.task') == 'lm', 'data.task',
+           _get(config, 'data.task'), "'lm' for data.corpus='records'")
   task = _choice(config, 'data.task', ('lm', 'genre'))
   family = _get(config, 'model.family')
   if task == 'genre':
@@ -131,6 +139,14 @@ def validate(config) -> None:
          f'an integer >= train.batch_size ({batch})')
   _check(max_batch % micro == 0, 'train.microbatch_size', micro,
          f'a divisor of train.max_batch_size ({max_batch})')
+  sched = _choice(config, 'train.batch_schedule', ('constant', 'linear_ramp'))
+  if sched == 'linear_ramp':
+    start = _number(config, 'train.batch_schedule_start', 0, max_batch,
+                    lo_open=True)
+    _number(config, 'train.batch_schedule_ramp_steps', 0, integer=True)
+    _check(_get(config, 'dp.sampling') == 'poisson', 'train.batch_schedule',
+           sched, "'constant' under dp.sampling='shuffle'")
+    del start
   if _get(config, 'dp.sampling') == 'shuffle':
     _check(float(batch).is_integer() and max_batch == batch,
            'train.max_batch_size', max_batch,

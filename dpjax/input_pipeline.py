@@ -16,6 +16,7 @@ import numpy as np
 
 from dpjax.data import classification
 from dpjax.data import packing
+from dpjax.data import records
 from dpjax.data import shakespeare
 from dpjax.data import tasks
 from dpjax.data import tokenizers
@@ -27,6 +28,7 @@ class Datasets:
   heldout: dict[str, np.ndarray]
   tokenizer: Any
   unit: str
+  canaries: tuple = ()
 
   @property
   def train_size(self) -> int:
@@ -82,10 +84,33 @@ def build_genre(data_config, tokenizer, seed: int) -> Datasets:
   return Datasets(train=train, heldout=held, tokenizer=tokenizer, unit=unit)
 
 
+def build_records(data_config, tokenizer, seed: int) -> Datasets:
+  """Synthetic clinical notes with secret canaries, one note per record."""
+  texts, canaries = records.make_private_corpus(
+      data_config.records_n, seed,
+      canary_repetitions=tuple(data_config.canary_repetitions))
+  held_texts = [r.text for r in records.make_records(
+      data_config.max_eval_records, seed + 1)]
+
+  def make(ts):
+    return packing.pad_causal_lm([tokenizer.encode(t) for t in ts],
+                                 data_config.seq_len, eos_id=tokenizer.eos_id,
+                                 pad_id=tokenizer.pad_id)
+
+  train = _take(make(texts), data_config.max_train_records)
+  unit = (f'one fictitious clinical note (or one canary copy), padded to '
+          f'{data_config.seq_len} tokens')
+  return Datasets(train=train, heldout=make(held_texts), tokenizer=tokenizer,
+                  unit=unit, canaries=tuple(canaries))
+
+
 def build(data_config, tokenizer=None, seed: int = 0) -> Datasets:
   """Datasets from `config.data`; `tokenizer` overrides the byte tokenizer."""
   if data_config.task == 'genre':
     return build_genre(data_config, tokenizer, seed)
+  if data_config.corpus == 'records':
+    return build_records(data_config, tokenizer or tokenizers.ByteTokenizer(),
+                         seed)
   if tokenizer is None:
     tokenizer = tokenizers.ByteTokenizer()
   train_texts, held_texts = shakespeare.load_split(

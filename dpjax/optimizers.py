@@ -32,6 +32,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from dpjax import clipping
@@ -70,8 +72,22 @@ def _base_optimizer(name: str, learning_rate, *, b1, b2, eps, weight_decay,
   raise ValueError(f"optimizer must be 'adamw', 'adam' or 'sgd', got {name!r}.")
 
 
+def _normalize(expected_batch_size) -> optax.GradientTransformation:
+  """1/B, or 1/B_t at update t for a schedule of expected batch sizes."""
+  sizes = np.atleast_1d(np.asarray(expected_batch_size, np.float64))
+  if sizes.ndim != 1 or not np.all(sizes > 0):
+    raise ValueError('expected_batch_size must be > 0 (or a sequence of '
+                     f'values > 0), got {expected_batch_size!r}.')
+  if sizes.size == 1:
+    return optax.scale(1.0 / float(sizes[0]))
+  inv = jnp.asarray(1.0 / sizes, jnp.float32)
+  # Past the end of the schedule the last size is kept.
+  return optax.scale_by_schedule(
+      lambda count: inv[jnp.minimum(count, inv.shape[0] - 1)])
+
+
 def dp_stages(*, l2_clip_norm: float, noise_multiplier: float,
-              expected_batch_size: float, learning_rate: Any,
+              expected_batch_size: Any, learning_rate: Any,
               key: jax.Array, optimizer: str = 'adamw', b1: float = 0.9,
               b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
               momentum: float = 0.0, ema_decay: float = 0.0) -> DPStages:
@@ -80,7 +96,8 @@ def dp_stages(*, l2_clip_norm: float, noise_multiplier: float,
   Args:
     l2_clip_norm: flat per-example clip norm C > 0.
     noise_multiplier: sigma >= 0; the noise std is sigma * C.
-    expected_batch_size: B > 0, the public divisor (q * N under Poisson).
+    expected_batch_size: B > 0, the public divisor (q * N under Poisson), or
+      a sequence B_t (a batch-size schedule, step t divided by B_t).
     learning_rate: float or optax schedule.
     key: typed PRNG key for the noise.
     optimizer: 'adamw', 'adam' or 'sgd'.
@@ -92,13 +109,10 @@ def dp_stages(*, l2_clip_norm: float, noise_multiplier: float,
   """
   if not noise_multiplier >= 0:
     raise ValueError(f'noise_multiplier must be >= 0, got {noise_multiplier!r}.')
-  if not expected_batch_size > 0:
-    raise ValueError('expected_batch_size must be > 0, got '
-                     f'{expected_batch_size!r}.')
   return DPStages(
       clip=clipping.clip_and_sum(l2_clip_norm),
       noise=noise_lib.gaussian_noise(noise_multiplier * l2_clip_norm, key),
-      normalize=optax.scale(1.0 / expected_batch_size),
+      normalize=_normalize(expected_batch_size),
       optimizer=_base_optimizer(optimizer, learning_rate, b1=b1, b2=b2,
                                 eps=eps, weight_decay=weight_decay,
                                 momentum=momentum),

@@ -26,7 +26,8 @@ def build_report(plan, ledger, sampler, final: dict[str, Any],
           'l2_clip_norm': plan.l2_clip_norm,
           'clipping': 'flat per-example L2',
           'sampling': plan.sampling,
-          'sampling_rate_q': plan.q,
+          'sampling_rate_q': (plan.q if plan.batch_schedule is None else
+                              'variable: q_t = B_t / N per step, see phases'),
           'expected_batch_size': plan.expected_batch_size,
           'dataset_size': plan.dataset_size,
           'steps': ledger.steps,
@@ -71,8 +72,13 @@ def format_text(report: dict[str, Any]) -> str:
   lines += ['', 'Mechanism:'] + [f'  {k}: {v}' for k, v in m.items()]
   for k, v in report.get('mechanism_notes', {}).items():
     lines.append(f'  {k}: {v}')
-  lines += ['', 'Held-out evaluation (nats/token):']
-  lines += [f'  {k}: {v}' for k, v in report['evaluation'].items()]
+  lines += ['', 'Held-out evaluation (loss in nats per token or example):']
+  for k, v in report['evaluation'].items():
+    if isinstance(v, list):
+      lines.append(f'  {k} (empirical, not a guarantee):')
+      lines += [f'    {item}' for item in v]
+    else:
+      lines.append(f'  {k}: {v}')
   lines += [''] + [f'Note: {n}' for n in report['notes']]
   return '\n'.join(lines) + '\n'
 

@@ -60,9 +60,21 @@ class PoissonSampler:
     return float(stats.binom.sf(self.max_batch_size, self.dataset_size,
                                 self.q))
 
-  def draw(self) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (indices, mask), length a multiple of max_batch_size."""
-    n = int(self._rng.binomial(self.dataset_size, self.q))
+  def draw(self, expected_batch_size: float | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (indices, mask), length a multiple of max_batch_size.
+
+    Args:
+      expected_batch_size: this step's B_t for a batch-size schedule (rate
+        q_t = B_t / N); None for the sampler's constant rate.
+    """
+    q = self.q
+    if expected_batch_size is not None:
+      if not 0 < expected_batch_size <= self.dataset_size:
+        raise ValueError('expected_batch_size must be in (0, dataset size], '
+                         f'got {expected_batch_size}.')
+      q = float(expected_batch_size) / self.dataset_size
+    n = int(self._rng.binomial(self.dataset_size, q))
     idx = self._rng.choice(self.dataset_size, size=n, replace=False)
     idx.sort()
     chunks = max(1, math.ceil(n / self.max_batch_size))

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dpjax import batch_schedule
 from dpjax import checkpointing
 from dpjax import configuration
 from dpjax import input_pipeline
@@ -51,6 +52,27 @@ class PrivacyPlan:
   delta: float
   accountant: str
   calibrated_for_epsilon: float | None
+  batch_schedule: tuple[float, ...] | None = None  # B_t per step (variable q)
+
+  def batch_size_at(self, step: int) -> float:
+    """Expected batch size of step `step` (1-based)."""
+    if self.batch_schedule is None:
+      return self.expected_batch_size
+    return self.batch_schedule[min(step, len(self.batch_schedule)) - 1]
+
+  def q_at(self, step: int) -> float:
+    return self.batch_size_at(step) / self.dataset_size
+
+
+def _batch_sizes(config) -> tuple[float, ...] | None:
+  """The per-step expected batch sizes, or None when constant."""
+  t = config.train
+  if t.batch_schedule == 'constant':
+    return None
+  sizes = batch_schedule.linear_ramp(
+      start=float(t.batch_schedule_start), end=float(t.batch_size),
+      steps=t.steps, ramp_steps=t.batch_schedule_ramp_steps or None)
+  return tuple(float(b) for b in sizes)
 
 
 def plan_privacy(config, dataset_size: int) -> PrivacyPlan:
@@ -59,9 +81,10 @@ def plan_privacy(config, dataset_size: int) -> PrivacyPlan:
   batch = float(config.train.batch_size)
   q = batch / dataset_size
   neighbouring = 'add_remove' if dp.sampling == 'poisson' else 'replace_one'
+  sizes = _batch_sizes(config)
   if not dp.enabled:
     return PrivacyPlan(False, dp.sampling, neighbouring, dataset_size, batch,
-                       q, 0.0, math.inf, dp.delta, dp.accountant, None)
+                       q, 0.0, math.inf, dp.delta, dp.accountant, None, sizes)
   sigma = float(dp.noise_multiplier)
   target = None
   if sigma < 0:
@@ -69,7 +92,11 @@ def plan_privacy(config, dataset_size: int) -> PrivacyPlan:
     accountant = get_accountant(dp.accountant)
     steps = config.train.steps
     try:
-      if dp.sampling == 'poisson':
+      if sizes is not None:
+        sigma = batch_schedule.calibrate_sigma_for_schedule(
+            accountant, target_epsilon=target, delta=dp.delta,
+            rates=[b / dataset_size for b in sizes], neighbouring=neighbouring)
+      elif dp.sampling == 'poisson':
         sigma = calibration.calibrate_sigma(
             accountant, target_epsilon=target, delta=dp.delta, q=q,
             steps=steps, neighbouring=neighbouring)
@@ -94,7 +121,7 @@ def plan_privacy(config, dataset_size: int) -> PrivacyPlan:
           'dp.max_noise_multiplier')
   return PrivacyPlan(True, dp.sampling, neighbouring, dataset_size, batch, q,
                      sigma, float(dp.l2_clip_norm), float(dp.delta),
-                     dp.accountant, target)
+                     dp.accountant, target, sizes)
 
 
 def _fingerprint(plan: PrivacyPlan, config) -> str:
@@ -174,7 +201,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   stages = stages or optimizers.dp_stages(
       l2_clip_norm=plan.l2_clip_norm if plan.enabled else 1.0,
       noise_multiplier=plan.noise_multiplier,
-      expected_batch_size=plan.expected_batch_size,
+      expected_batch_size=plan.batch_schedule or plan.expected_batch_size,
       learning_rate=_schedule(config), key=noise_key,
       optimizer=config.train.optimizer, b1=config.train.b1,
       b2=config.train.b2, eps=config.train.eps,
@@ -240,12 +267,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     logging.info('Initial held-out loss %.4f', first['eval_loss'])
 
   for step in range(start + 1, total_steps + 1):
-    idx, mask = sampler.draw()
+    idx, mask = (sampler.draw(plan.batch_size_at(step))
+                 if plan.batch_schedule else sampler.draw())
     batch = {k: v[idx] for k, v in data.train.items()}
     batch, mask_d = jax.device_put((batch, mask.astype(np.float32)), batch_sh)
     state, m = train_step(state, frozen, batch, mask_d, dropout_key)
     if plan.enabled:
-      ledger.record(plan.q, plan.noise_multiplier)
+      ledger.record(plan.q_at(step), plan.noise_multiplier)
     if step % config.train.log_every == 0 or step == total_steps:
       m = jax.device_get(m)
       if not np.isfinite(m['train_loss']):
@@ -267,6 +295,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                  {})
   final['eval_loss_initial'] = initial.get('eval_loss')
   final['eval_accuracy_initial'] = initial.get('eval_accuracy')
+  if data.canaries:
+    from dpjax import memorization  # pylint: disable=g-import-not-at-top
+    final['canary_exposure'] = memorization.canary_exposures(
+        model.module, jax.device_get(model.combine(state.trainable, frozen)),
+        data.tokenizer, data.canaries,
+        n_samples=config.data.exposure_samples, seed=config.seed)
   report = reporting.write_report(workdir, plan, ledger, sampler, final,
                                   accountants=config.dp.report_accountants,
                                   mechanism_notes=ac_notes)
@@ -303,7 +337,8 @@ def _adaptive_stages(config, plan: PrivacyPlan, noise_key):
   try:
     stages = dp_adam_ac.dp_adam_ac_stages(
         noise_multiplier=plan.noise_multiplier,
-        expected_batch_size=plan.expected_batch_size,
+        expected_batch_size=(list(plan.batch_schedule) if plan.batch_schedule
+                             else plan.expected_batch_size),
         learning_rate=_schedule(config), key=noise_key, b1=config.train.b1,
         b2=config.train.b2, eps=config.train.eps,
         weight_decay=config.train.weight_decay,

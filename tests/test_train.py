@@ -168,3 +168,23 @@ def test_dp_adam_ac_runs_and_faithful_percentile_mode_is_flagged(tmp_path):
   assert out['report']['formally_private'] is False
   text = open(tmp_path / 'faithful' / 'privacy_report.txt').read()
   assert 'NOT DIFFERENTIALLY PRIVATE' in text
+
+
+def test_batch_schedule_accounts_every_step_with_its_own_q(tmp_path):
+  from dpjax.accounting import get_accountant
+  from dpjax.accounting.ledger import Phase
+  config = debug.get_config()
+  config.train.steps = 4
+  config.train.batch_schedule = 'linear_ramp'
+  config.train.batch_schedule_start = 4.0
+  out = train.train_and_evaluate(config, str(tmp_path))
+  n = out['plan'].dataset_size
+  sizes = out['plan'].batch_schedule
+  assert sizes[0] == 4.0 and sizes[-1] == config.train.batch_size
+  sigma = out['plan'].noise_multiplier
+  expected = [Phase(b / n, sigma, 1) for b in sizes]
+  assert out['ledger'].phases == expected
+  direct = get_accountant('pld').epsilon(expected, config.dp.delta)
+  rows = {r['accountant']: r for r in out['report']['privacy']['rows']}
+  assert rows['pld']['epsilon'] == pytest.approx(direct, rel=1e-9)
+  assert direct <= config.dp.target_epsilon
