@@ -188,3 +188,18 @@ def test_batch_schedule_accounts_every_step_with_its_own_q(tmp_path):
   rows = {r['accountant']: r for r in out['report']['privacy']['rows']}
   assert rows['pld']['epsilon'] == pytest.approx(direct, rel=1e-9)
   assert direct <= config.dp.target_epsilon
+
+
+def test_records_corpus_reports_canary_exposure(tmp_path):
+  config = debug.get_config()
+  config.data.update(corpus='records', records_n=200,
+                     canary_repetitions=(0, 5), exposure_samples=50,
+                     seq_len=192, max_train_records=0, max_eval_records=16)
+  config.train.steps = 2
+  out = train.train_and_evaluate(config, str(tmp_path))
+  exp = out['final']['canary_exposure']
+  assert [e['repetitions'] for e in exp] == [0, 5]
+  for e in exp:
+    assert 0.0 <= e['exposure_bits'] <= e['max_exposure_bits']
+  assert 'canary_exposure' in open(tmp_path / 'privacy_report.txt').read()
+  assert 'one fictitious clinical note' in out['ledger'].unit
