@@ -261,9 +261,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     writer.write(step, ev)
     return ev
 
+  eps_context = {'epsilon_accountant': plan.accountant if plan.enabled
+                 else 'none (non-private)', 'epsilon_delta': plan.delta,
+                 'sampling': plan.sampling, 'neighbouring': plan.neighbouring}
   if start == 0:
     first = run_eval(0)
-    writer.write(0, {'epsilon': 0.0})
+    writer.write(0, dict(epsilon=0.0 if plan.enabled else math.inf,
+                         **eps_context))
     logging.info('Initial held-out loss %.4f', first['eval_loss'])
 
   for step in range(start + 1, total_steps + 1):
@@ -279,8 +283,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       if not np.isfinite(m['train_loss']):
         raise FloatingPointError(f'non-finite training loss at step {step}')
       eps = epsilon_so_far()
-      writer.write(step, dict(m, epsilon=eps))
-      progress.line(step, float(m['train_loss']), eps, plan.accountant)
+      writer.write(step, dict(m, epsilon=eps, **eps_context))
+      progress.line(step, float(m['train_loss']), eps, plan.accountant,
+                    f', delta={plan.delta:g}, {plan.sampling}, '
+                    f'{plan.neighbouring}')
     if step % config.train.eval_every == 0 or step == total_steps:
       run_eval(step)
     if step % config.train.checkpoint_every == 0 or step == total_steps:

@@ -148,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+# Every phase is a subsampled Gaussian with Poisson rate q (q = 1: no
+# subsampling); printed with every number so no epsilon lacks its scheme.
+_SAMPLING = 'poisson (rate q per step; q = 1 means every record, every step)'
+
+
 def _cmd_epsilon(args, parser, what: str) -> dict:
   phases = _phases(args, parser)
   rows = []
@@ -162,7 +167,7 @@ def _cmd_epsilon(args, parser, what: str) -> dict:
       row = {'epsilon': args.epsilon, 'delta': value}
     row.update({'accountant': acc.name,
                 'kind': 'upper bound' if acc.is_upper_bound else 'estimate',
-                'neighbouring': args.neighbouring,
+                'neighbouring': args.neighbouring, 'sampling': _SAMPLING,
                 'seconds': time.perf_counter() - t,
                 'details': acc.describe()})
     rows.append(row)
@@ -210,7 +215,8 @@ def _cmd_calibrate(args, parser) -> dict:
               'target_epsilon': args.target_epsilon, 'delta': args.delta,
               'accountant': acc.name,
               'kind': 'upper bound' if acc.is_upper_bound else 'estimate',
-              'neighbouring': args.neighbouring, 'details': acc.describe()})
+              'neighbouring': args.neighbouring, 'sampling': _SAMPLING,
+              'details': acc.describe()})
   return out
 
 
@@ -222,11 +228,13 @@ def _print_text(out: dict, command: str) -> None:
     print(f"sigma={out['sigma']:.6g}  q={out['q']:.6g}  steps={out['steps']}"
           f"{extra}  ->  epsilon={out['epsilon']:.7g} <= "
           f"{out['target_epsilon']:g} at delta={out['delta']:g} "
-          f"[{out['accountant']}, {out['kind']}, {out['neighbouring']}]")
+          f"[{out['accountant']}, {out['kind']}, {out['neighbouring']}, "
+          f"{_SAMPLING}]")
     return
   for r in rows:
     print(f"{r['accountant']:<10} epsilon={r['epsilon']:.6g}  "
-          f"delta={r['delta']:.6g}  ({r['kind']}, {r['neighbouring']})")
+          f"delta={r['delta']:.6g}  ({r['kind']}, {r['neighbouring']}, "
+          f"{_SAMPLING})")
   if any(r['kind'] == 'estimate' for r in rows):
     print('note: the Edgeworth value is an estimate, not a bound.')
 
