@@ -284,7 +284,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         raise FloatingPointError(f'non-finite training loss at step {step}')
       eps = epsilon_so_far()
       writer.write(step, dict(m, epsilon=eps, **eps_context))
-      progress.line(step, float(m['train_loss']), eps, plan.accountant,
+      progress.line(step, float(m['train_loss']), eps,
+                    eps_context['epsilon_accountant'],
                     f', delta={plan.delta:g}, {plan.sampling}, '
                     f'{plan.neighbouring}')
     if step % config.train.eval_every == 0 or step == total_steps:
