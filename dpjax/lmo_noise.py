@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dpjax import noise as noise_lib
 from dpjax.accounting.lmo import LMOParams, l1_sensitivity_of_l2_clip
 
 PyTree = Any
@@ -47,17 +48,13 @@ __all__ = ['LMONoiseState', 'lmo_noise', 'sample_inverse_scale',
            'l1_sensitivity_of_l2_clip', 'num_coordinates']
 
 
+
 class LMONoiseState(NamedTuple):
   key: jax.Array  # typed PRNG key, shape ()
 
 
 def _check_key(key) -> jax.Array:
-  if not (isinstance(key, jax.Array) and
-          jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
-    raise TypeError('LMO noise needs a typed PRNG key from jax.random.key('
-                    f'seed); got {type(key).__name__} with dtype '
-                    f'{getattr(key, "dtype", None)}.')
-  return key
+  return noise_lib.check_key(key, 'LMO noise')
 
 
 def sample_inverse_scale(key: jax.Array, params: LMOParams,

@@ -28,10 +28,11 @@ class NoiseState(NamedTuple):
   key: jax.Array  # typed PRNG key, shape ()
 
 
-def _check_key(key) -> jax.Array:
+def check_key(key, what: str = 'Noise') -> jax.Array:
+  """Returns `key` if it is a typed PRNG key, else raises a clear TypeError."""
   if not (isinstance(key, jax.Array) and
           jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
-    raise TypeError('Noise needs a typed PRNG key from jax.random.key(seed); '
+    raise TypeError(f'{what} needs a typed PRNG key from jax.random.key(seed); '
                     f'got {type(key).__name__} with dtype '
                     f'{getattr(key, "dtype", None)}.')
   return key
@@ -57,7 +58,7 @@ def gaussian_noise(stddev: float | jax.Array,
   Returns:
     An `optax.GradientTransformation` with state `NoiseState`.
   """
-  key = _check_key(key)
+  key = check_key(key)
   if isinstance(stddev, (int, float)) and not stddev >= 0:
     raise ValueError(f'stddev must be >= 0, got {stddev!r}.')
 

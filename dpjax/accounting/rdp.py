@@ -175,6 +175,17 @@ def compute_rdp(q: float, sigma: float,
   return out
 
 
+def _effective_sigma(p: Phase, neighbouring: str) -> float:
+  """sigma relative to the relation's sensitivity (replace-one: 2C, q = 1)."""
+  if neighbouring != 'replace_one':
+    return p.sigma
+  if p.q < 1.0:
+    raise NotImplementedError(
+        'RDP accountant: replace_one neighbouring is only supported for '
+        f'q = 1 (got q={p.q}); use the PLD accountant.')
+  return p.sigma / 2.0
+
+
 def compose_rdp(phases: Sequence[Phase],
                 orders: Sequence[float] = DEFAULT_ORDERS,
                 neighbouring: str = 'add_remove') -> np.ndarray:
@@ -185,13 +196,7 @@ def compose_rdp(phases: Sequence[Phase],
   for p in phases:
     if p.count == 0:
       continue
-    sigma = p.sigma
-    if neighbouring == 'replace_one':
-      if p.q < 1.0:
-        raise NotImplementedError(
-            'RDP accountant: replace_one neighbouring is only supported for '
-            f'q = 1 (got q={p.q}); use the PLD accountant.')
-      sigma = sigma / 2.0
+    sigma = _effective_sigma(p, neighbouring)
     total = total + p.count * compute_rdp(p.q, sigma, orders)
   return total
 
@@ -284,13 +289,7 @@ class RdpAccountant:
     for p in phases:
       if p.count == 0:
         continue
-      sigma = p.sigma
-      if neighbouring == 'replace_one':
-        if p.q < 1.0:
-          raise NotImplementedError(
-              'RDP accountant: replace_one neighbouring is only supported for '
-              f'q = 1 (got q={p.q}); use the PLD accountant.')
-        sigma = sigma / 2.0
+      sigma = _effective_sigma(p, neighbouring)
       key = (p.q, sigma)
       if key not in self._cache:
         self._cache[key] = compute_rdp(p.q, sigma, self.orders)
