@@ -9,6 +9,12 @@ by the First Folio genre of their play, balanced, train and held-out works
 disjoint (`dpjax.data.classification`). A bag-of-words naive Bayes reaches
 ~0.73 held-out accuracy non-privately (chance 0.5). The privacy unit is one
 passage; sigma is calibrated for (epsilon = 8, delta = 1e-5) under PLD.
+
+Measured (2026-11-23, 2 CPU cores): 8 min wall; sigma 0.369 over 40 steps at
+q = 128/9202; held-out accuracy on 256 passages 0.492 -> 0.547 (EMA 0.547),
+loss 0.692 -> 0.680; epsilon PLD 8.00, RDP 9.92. Far below the non-private
+naive-Bayes 0.73: 40 full fine-tuning steps are too few; tuning the learning
+rate, bias-only/LoRA training and more steps are the next things to try.
 """
 
 from configs import default
