@@ -203,3 +203,18 @@ def test_records_corpus_reports_canary_exposure(tmp_path):
     assert 0.0 <= e['exposure_bits'] <= e['max_exposure_bits']
   assert 'canary_exposure' in open(tmp_path / 'privacy_report.txt').read()
   assert 'one fictitious clinical note' in out['ledger'].unit
+
+
+def test_edgeworth_calibration_shows_the_pld_bound_beside_it(tmp_path):
+  config = debug.get_config()
+  config.train.steps = 3
+  config.dp.accountant = 'edgeworth'
+  out = train.train_and_evaluate(config, str(tmp_path))
+  rows = {r['accountant']: r for r in out['report']['privacy']['rows']}
+  assert rows['edgeworth']['kind'] == 'estimate'
+  assert rows['pld']['kind'] == 'upper bound'
+  # Calibrated on the estimate: it meets the target, the bound is reported.
+  assert rows['edgeworth']['epsilon'] <= config.dp.target_epsilon * (1 + 1e-6)
+  assert out['report']['mechanism']['calibration_accountant'] == 'edgeworth'
+  text = open(tmp_path / 'privacy_report.txt').read()
+  assert 'estimate' in text and 'upper bound' in text
