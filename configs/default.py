@@ -107,6 +107,8 @@ def get_config():
   config.train.momentum = 0.0          # sgd only.
   config.train.ema_decay = 0.9         # EMA of parameters used for evaluation/export.
   config.train.log_every = 10
+  config.train.log_nonprivate_stats = False  # True: also log train loss / clip fraction of
+                                       # private batches (NOT covered by epsilon).
   config.train.eval_every = 50
   config.train.checkpoint_every = 50
   config.train.keep_checkpoints = 2

@@ -160,6 +160,8 @@ def validate(config) -> None:
   _number(config, 'train.weight_decay', 0)
   _number(config, 'train.momentum', 0, 1, hi_open=True)
   _number(config, 'train.ema_decay', 0, 1, hi_open=True)
+  v = _get(config, 'train.log_nonprivate_stats')
+  _check(isinstance(v, bool), 'train.log_nonprivate_stats', v, 'True or False')
   for f in ('log_every', 'eval_every', 'checkpoint_every'):
     _number(config, f'train.{f}', 1, integer=True)
   _number(config, 'train.keep_checkpoints', 1, integer=True)

@@ -73,11 +73,11 @@ class Progress:
     self.t0 = time.time()
 
   def line(self, step: int, loss: float, epsilon: float,
-           accountant: str, context: str = '') -> str:
+           accountant: str, context: str = '', loss_label: str = 'loss') -> str:
     done = step - self.start_step
     elapsed = time.time() - self.t0
     eta = elapsed / done * (self.total - step) if done > 0 else float('nan')
-    msg = (f'step {step}/{self.total}  loss {loss:.4f}  '
+    msg = (f'step {step}/{self.total}  {loss_label} {loss:.4f}  '
            f'eps so far {epsilon:.3f} ({accountant}{context})  '
            f'elapsed {elapsed:.0f}s  ETA {eta:.0f}s')
     logging.info(msg)

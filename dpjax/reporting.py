@@ -40,8 +40,10 @@ def build_report(plan, ledger, sampler, final: dict[str, Any],
       'delta': plan.delta,
       'evaluation': final,
       'notes': [
-          'Training-loss, batch-size and clip-fraction metrics are computed '
-          'on private batches and are NOT privatized; do not publish them.',
+          'Training-loss, batch-size and clip-fraction statistics are '
+          'computed on private batches and are NOT privatized: they are '
+          'logged only with train.log_nonprivate_stats=True, and are then '
+          'not covered by epsilon.',
       ],
   }
   if mechanism_notes:

@@ -256,9 +256,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   total_steps = config.train.steps
   dropout_key = jax.device_put(dropout_key, repl)
 
+  last_eval = {'eval_loss': math.nan}
+
   def run_eval(step):
     ev = evaluate_both(model, state, frozen, data, config, eval_fn, batch_sh)
     writer.write(step, ev)
+    last_eval.update(ev)
     return ev
 
   eps_context = {'epsilon_accountant': plan.accountant if plan.enabled
@@ -283,11 +286,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       if not np.isfinite(m['train_loss']):
         raise FloatingPointError(f'non-finite training loss at step {step}')
       eps = epsilon_so_far()
-      writer.write(step, dict(m, epsilon=eps, **eps_context))
-      progress.line(step, float(m['train_loss']), eps,
+      # Statistics of private batches are not privatized: logged only on
+      # request (or for non-private runs). clip_norm is public (privatized).
+      show_private = config.train.log_nonprivate_stats or not plan.enabled
+      logged = dict(m) if show_private else {'clip_norm': m['clip_norm']}
+      writer.write(step, dict(logged, epsilon=eps, **eps_context))
+      progress.line(step, float(m['train_loss'] if show_private
+                                else last_eval['eval_loss']), eps,
                     eps_context['epsilon_accountant'],
                     f', delta={plan.delta:g}, {plan.sampling}, '
-                    f'{plan.neighbouring}')
+                    f'{plan.neighbouring}',
+                    loss_label='train loss' if show_private
+                    else 'last held-out loss')
     if step % config.train.eval_every == 0 or step == total_steps:
       run_eval(step)
     if step % config.train.checkpoint_every == 0 or step == total_steps:

@@ -56,7 +56,9 @@ def test_debug_run_writes_report_metrics_and_plot(full_run):
   recs = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
   eps = [r['epsilon'] for r in recs if 'epsilon' in r]
   assert eps == sorted(eps) and eps[-1] == pytest.approx(rows['pld']['epsilon'])
-  assert all(np.isfinite(r['train_loss']) for r in recs if 'train_loss' in r)
+  # Private-batch statistics are not logged by default (not privatized).
+  assert not any('train_loss' in r or 'clip_fraction' in r for r in recs)
+  assert all('clip_norm' in r for r in recs if r['step'] > 0 and 'epsilon' in r)
 
 
 def test_resume_equals_uninterrupted(full_run):
@@ -151,12 +153,14 @@ def test_one_device_equals_eight_devices(tmp_path):
 def test_dp_adam_ac_runs_and_faithful_percentile_mode_is_flagged(tmp_path):
   config = debug.get_config()
   config.train.steps = 3
+  config.train.log_nonprivate_stats = True
   config.dp_adam_ac.enabled = True
   config.dp_adam_ac.initial_clip_norm = 0.05
   out = train.train_and_evaluate(config, str(tmp_path / 'ac'))
   rep = out['report']
   assert rep['mechanism_notes']['formally_private'] is True
   recs = [json.loads(l) for l in open(tmp_path / 'ac' / 'metrics.jsonl')]
+  assert any('train_loss' in r for r in recs)  # logged when asked for
   clip_norms = [r['clip_norm'] for r in recs if 'clip_norm' in r]
   assert clip_norms and clip_norms[-1] != pytest.approx(0.05)  # C_t adapts
   # Accounted as one Gaussian of the configured multiplier (ledger sigma).
