@@ -317,7 +317,7 @@ class EdgeworthAccountant:
               neighbouring: str = 'add_remove') -> float:
     rdp_lib._check_delta(delta)  # pylint: disable=protected-access
     phases = rdp_lib._as_phases(phases)  # pylint: disable=protected-access
-    if any(p.sigma == 0 and p.count > 0 for p in phases):
+    if ledger_lib.has_noiseless_step(phases):
       return math.inf
     if not any(p.count > 0 for p in phases):
       return 0.0
@@ -329,7 +329,7 @@ class EdgeworthAccountant:
     if not epsilon >= 0:
       raise ValueError(f'epsilon must be >= 0, got {epsilon!r}.')
     phases = rdp_lib._as_phases(phases)  # pylint: disable=protected-access
-    if any(p.sigma == 0 and p.count > 0 for p in phases):
+    if ledger_lib.has_noiseless_step(phases):
       return 1.0
     if not any(p.count > 0 for p in phases):
       return 0.0

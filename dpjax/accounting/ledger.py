@@ -159,3 +159,11 @@ def phases_from(q: float, sigma: float, steps: int) -> list[Phase]:
 
 def total_steps(phases: Sequence[Phase]) -> int:
   return sum(p.count for p in phases)
+
+
+def has_noiseless_step(phases: Sequence[Phase]) -> bool:
+  """True if some step adds no noise (sigma = 0): epsilon = inf, delta = 1.
+
+  The one rule every accountant applies before composing.
+  """
+  return any(p.sigma == 0 and p.count > 0 for p in phases)

@@ -454,7 +454,7 @@ class PldAccountant:
               neighbouring: str = 'add_remove') -> float:
     rdp_lib._check_delta(delta)  # pylint: disable=protected-access
     phases = rdp_lib._as_phases(phases)  # pylint: disable=protected-access
-    if any(p.sigma == 0 and p.count > 0 for p in phases):
+    if ledger_lib.has_noiseless_step(phases):
       return math.inf
     if not _key(phases):
       return 0.0
@@ -481,7 +481,7 @@ class PldAccountant:
     if not epsilon >= 0:
       raise ValueError(f'epsilon must be >= 0, got {epsilon!r}.')
     phases = rdp_lib._as_phases(phases)  # pylint: disable=protected-access
-    if any(p.sigma == 0 and p.count > 0 for p in phases):
+    if ledger_lib.has_noiseless_step(phases):
       return 1.0
     if not _key(phases):
       return 0.0

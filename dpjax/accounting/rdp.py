@@ -305,7 +305,7 @@ class RdpAccountant:
               neighbouring: str = 'add_remove') -> float:
     _check_delta(delta)
     phases = _as_phases(phases)
-    if any(p.sigma == 0 and p.count > 0 for p in phases):
+    if ledger_lib.has_noiseless_step(phases):
       return math.inf
     eps, order = rdp_to_epsilon(self._rdp(phases, neighbouring), self.orders,
                                 delta, self.conversion)
@@ -315,7 +315,7 @@ class RdpAccountant:
   def delta(self, phases: Sequence[Phase], epsilon: float,
             neighbouring: str = 'add_remove') -> float:
     phases = _as_phases(phases)
-    if any(p.sigma == 0 and p.count > 0 for p in phases):
+    if ledger_lib.has_noiseless_step(phases):
       return 1.0
     d, order = rdp_to_delta(self._rdp(phases, neighbouring), self.orders,
                             epsilon, self.conversion)
