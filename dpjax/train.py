@@ -256,12 +256,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   total_steps = config.train.steps
   dropout_key = jax.device_put(dropout_key, repl)
 
-  last_eval = {'eval_loss': math.nan}
+  last_eval = {'eval_loss': math.nan, 'step': -1}
 
   def run_eval(step):
     ev = evaluate_both(model, state, frozen, data, config, eval_fn, batch_sh)
     writer.write(step, ev)
-    last_eval.update(ev)
+    last_eval.update(ev, step=step)
     return ev
 
   eps_context = {'epsilon_accountant': plan.accountant if plan.enabled
@@ -306,7 +306,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           'ledger': ledger.to_dict(), 'plan': dataclasses.asdict(plan)})
   ckpt.wait()
 
-  final = evaluate_both(model, state, frozen, data, config, eval_fn, batch_sh)
+  if last_eval['step'] == total_steps:  # the loop evaluated the final state
+    final = {k: v for k, v in last_eval.items() if k != 'step'}
+  else:  # resumed an already finished run
+    final = evaluate_both(model, state, frozen, data, config, eval_fn,
+                          batch_sh)
   recs = metrics_lib.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
   initial = next((r for r in recs if r['step'] == 0 and 'eval_loss' in r),
                  {})
