@@ -21,6 +21,7 @@ Formal guarantees:
   over *all* leaves that are differentiated, so every trained parameter is
   covered. Non-finite per-example norms are treated as infinite (the example
   contributes 0), so a NaN cannot escape the bound.
+  With `norm_ord=1` the same holds with L1 norms: ||S(D) - S(D')||_1 <= C.
 """
 
 from __future__ import annotations
@@ -46,9 +47,19 @@ class ClipStats(NamedTuple):
   loss_sum: jax.Array       # () float32: sum of per-example losses
 
 
-def global_norms(per_example: PyTree) -> jax.Array:
-  """L2 norm of each example's gradient over all leaves: shape [B]."""
+NORM_ORDS = (1, 2)
+
+
+def global_norms(per_example: PyTree, norm_ord: int = 2) -> jax.Array:
+  """L2 (or, with norm_ord=1, L1) norm of each example's gradient over all
+  leaves: shape [B]."""
   leaves = jax.tree.leaves(per_example)
+  if norm_ord == 1:
+    return sum(jnp.sum(jnp.abs(jnp.reshape(x.astype(jnp.float32),
+                                           (x.shape[0], -1))), axis=1)
+               for x in leaves)
+  if norm_ord != 2:
+    raise ValueError(f'norm_ord must be one of {NORM_ORDS}, got {norm_ord!r}.')
   sq = sum(jnp.sum(jnp.reshape(x.astype(jnp.float32), (x.shape[0], -1)) ** 2,
                    axis=1) for x in leaves)
   return jnp.sqrt(sq)
@@ -65,18 +76,22 @@ def clip_factors(norms: jax.Array, mask: jax.Array,
 
 
 def clipped_sum(per_example: PyTree, mask: jax.Array,
-                l2_clip_norm: float | jax.Array) -> tuple[PyTree, jax.Array]:
+                l2_clip_norm: float | jax.Array, norm_ord: int = 2
+                ) -> tuple[PyTree, jax.Array]:
   """Masked sum of flat-L2-clipped per-example gradients.
 
   Args:
     per_example: pytree of arrays with a leading batch axis B.
     mask: [B] (bool or float) with 1 for real examples and 0 for padding.
-    l2_clip_norm: C > 0.
+    l2_clip_norm: C > 0 (the clip norm in the norm `norm_ord`).
+    norm_ord: 2 (default) or 1: clip the flat L1 norm instead, which bounds
+      the sum's add/remove L1 sensitivity by C (for Laplace-type noise such
+      as `dpjax.lmo_noise`).
 
   Returns:
     (sum of clipped gradients with the shapes of one example, norms [B]).
   """
-  norms = global_norms(per_example)
+  norms = global_norms(per_example, norm_ord)
   factors = clip_factors(norms, mask, l2_clip_norm)
 
   def contract(x):
@@ -152,6 +167,7 @@ def microbatched_clipped_sum(
     *,
     l2_clip_norm: float | jax.Array,
     microbatch_size: int,
+    norm_ord: int = 2,
 ) -> tuple[PyTree, ClipStats, jax.Array]:
   """Clipped sum over a padded batch, micro-batch by micro-batch.
 
@@ -165,6 +181,8 @@ def microbatched_clipped_sum(
     keys: [B] typed PRNG keys, one per example (dropout).
     l2_clip_norm: C.
     microbatch_size: m, with B % m == 0.
+    norm_ord: 2 (flat L2 clipping) or 1 (flat L1 clipping), see
+      `clipped_sum`.
 
   Returns:
     (clipped sum, ClipStats, per-example norms [B]).
@@ -190,7 +208,7 @@ def microbatched_clipped_sum(
 
     def compute(_):
       losses, grads = grad_fn(trainable, mb, mkeys)
-      summed, norms = clipped_sum(grads, mmask, l2_clip_norm)
+      summed, norms = clipped_sum(grads, mmask, l2_clip_norm, norm_ord)
       m = mmask.astype(jnp.float32)
       stats = ClipStats(
           num_examples=jnp.sum(m),

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dpjax import clipping
 from dpjax import noise as noise_lib
 from dpjax.accounting.lmo import LMOParams, l1_sensitivity_of_l2_clip
 
@@ -137,10 +138,7 @@ def num_coordinates(tree: PyTree) -> int:
 
 def l1_norms(per_example: PyTree) -> jax.Array:
   """L1 norm of each example's gradient over all leaves: shape [B]."""
-  leaves = jax.tree.leaves(per_example)
-  return sum(jnp.sum(jnp.abs(jnp.reshape(x.astype(jnp.float32),
-                                         (x.shape[0], -1))), axis=1)
-             for x in leaves)
+  return clipping.global_norms(per_example, norm_ord=1)
 
 
 def l1_clipped_sum(per_example: PyTree, mask: jax.Array,
@@ -148,21 +146,12 @@ def l1_clipped_sum(per_example: PyTree, mask: jax.Array,
                    ) -> tuple[PyTree, jax.Array]:
   """Masked sum of per-example gradients clipped to L1 norm `l1_clip_norm`.
 
-  The sum has add/remove L1 sensitivity `l1_clip_norm` (the same conditions
-  as `dpjax.clipping.clipped_sum`: no cross-example interaction, padded rows
-  masked). Non-finite norms make the example contribute 0.
+  `dpjax.clipping.clipped_sum(..., norm_ord=1)`: the sum has add/remove L1
+  sensitivity `l1_clip_norm` (the same conditions as for L2: no
+  cross-example interaction, padded rows masked). Non-finite norms make the
+  example contribute 0.
 
   Returns:
     (clipped sum with one example's shapes, L1 norms [B]).
   """
-  norms = l1_norms(per_example)
-  finite = jnp.isfinite(norms)
-  safe = jnp.where(finite, norms, 1.0)
-  factors = jnp.minimum(1.0, l1_clip_norm / jnp.maximum(safe, 1e-30))
-  factors = jnp.where(finite, factors, 0.0) * mask.astype(jnp.float32)
-
-  def contract(x):
-    x32 = jnp.where(jnp.isfinite(x), x, 0).astype(jnp.float32)
-    return jnp.tensordot(factors, x32, axes=1).astype(x.dtype)
-
-  return jax.tree.map(contract, per_example), norms
+  return clipping.clipped_sum(per_example, mask, l1_clip_norm, norm_ord=1)

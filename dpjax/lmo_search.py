@@ -159,7 +159,8 @@ def _to_eps(rdp, orders, delta):
 
 
 def _zhu_wang(base_int: np.ndarray, q: float, alphas) -> dict[int, np.ndarray]:
-  """Vectorized lmo._zhu_wang; base_int [n, A+1] (column j = order j)."""
+  """Vectorized lmo._zhu_wang; base_int [n, A+2] (column j = order j; order
+  alpha + 1 is read, as in lmo._zhu_wang)."""
   alphas = np.asarray(sorted(alphas), int)
   amax = int(alphas.max())
   l1q, lq = math.log1p(-q), math.log(q)
@@ -169,21 +170,27 @@ def _zhu_wang(base_int: np.ndarray, q: float, alphas) -> dict[int, np.ndarray]:
     logc = (special.gammaln(al + 1) - special.gammaln(ls + 1)[None, :] -
             special.gammaln(np.maximum(al - ls[None, :], 0) + 1))
   w = logc + ls[None, :] * lq + (al - ls[None, :]) * l1q
-  w = w + np.where(ls >= 3, math.log(3.0), 0.0)[None, :]
   w = np.where(ls[None, :] <= al, w, -np.inf)              # [nA, L]
   t0 = (alphas - 1) * l1q + np.log1p((alphas - 1) * q)      # [nA]
   b = (ls - 1)[None, :] * base_int[:, 2:amax + 1]           # [n, L]
   # Rows are finite only if base is finite at every order 2..alpha.
   finite_upto = np.cumprod(np.isfinite(b), axis=1).astype(bool)
+  # l >= 3: the larger of 3 e^{(l-1) eps(l)} and e^{l eps(l+1)}.
+  alt = ls[None, :] * base_int[:, 3:amax + 2]
+  b = np.where(ls[None, :] >= 3, np.maximum(b + math.log(3.0), alt), b)
   out_all = np.empty((base_int.shape[0], len(alphas)))
   chunk = max(1, 2_000_000 // max(1, w.size))
   for s0 in range(0, base_int.shape[0], chunk):
     bb = np.where(np.isfinite(b[s0:s0 + chunk]), b[s0:s0 + chunk], 0.0)
+    inf_rows = ~np.isfinite(b[s0:s0 + chunk])
     t = w[None, :, :] + bb[:, None, :]                       # [c, nA, L]
     m = np.maximum(t.max(axis=2), t0[None, :])
     with np.errstate(divide='ignore'):
       tot = np.log(np.exp(t - m[:, :, None]).sum(axis=2) +
                    np.exp(t0[None, :] - m)) + m
+    # An infinite term (order alpha + 1 outside the domain) makes it inf.
+    hit = (inf_rows[:, None, :] & (ls[None, None, :] <= al[None, :, :]))
+    tot = np.where(hit.any(axis=2), np.inf, tot)
     out_all[s0:s0 + chunk] = tot / (alphas - 1)[None, :]
   ok = finite_upto[:, alphas - 2]
   out_all = np.where(ok, out_all, np.inf)
@@ -219,7 +226,7 @@ def epsilon_batch(cfg: np.ndarray, target: Target) -> np.ndarray:
   else:
     q = target.q
     pure_step = np.logaddexp(math.log1p(-q), math.log(q) + pure)
-    amax = int(math.ceil(orders.max()))
+    amax = int(math.ceil(orders.max())) + 1   # _zhu_wang reads alpha + 1
     ints = np.arange(2, amax + 1, dtype=np.float64)
     base_int = np.full((len(cfg), amax + 1), np.inf)
     base_int[:, 2:] = np.minimum(_rdp_mgf(scaled, ints), _rr(pure, ints))

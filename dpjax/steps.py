@@ -66,8 +66,8 @@ def make_train_step(loss_fn: Callable[..., jax.Array],
                     post_clip: optax.GradientTransformation, *,
                     l2_clip_norm: float, microbatch_size: int,
                     private: bool = True,
-                    clip_norm_fn: Callable[[PyTree], jax.Array] | None = None
-                    ) -> Callable[..., tuple]:
+                    clip_norm_fn: Callable[[PyTree], jax.Array] | None = None,
+                    clip_norm_ord: int = 2) -> Callable[..., tuple]:
   """Returns `step(state, frozen, batch, mask, dropout_key) -> (state, metrics)`.
 
   Args:
@@ -85,6 +85,8 @@ def make_train_step(loss_fn: Callable[..., jax.Array],
       extra arguments `num_unclipped` (real examples with norm <= C_t),
       `num_examples` (real examples), `norms` and `norms_mask` (per-example
       norms): none of them private, the chain must privatize what it uses.
+    clip_norm_ord: 2 (flat L2 clipping, for Gaussian noise) or 1 (flat L1
+      clipping, for the LMO Laplace-mixture noise).
 
   The caller jits the returned function (with donation of `state`).
   """
@@ -99,7 +101,8 @@ def make_train_step(loss_fn: Callable[..., jax.Array],
     if private:
       total, stats, norms = clipping.microbatched_clipped_sum(
           record_loss, state.trainable, batch, mask, keys,
-          l2_clip_norm=clip, microbatch_size=microbatch_size)
+          l2_clip_norm=clip, microbatch_size=microbatch_size,
+          norm_ord=clip_norm_ord)
     else:
       total, stats = nonprivate_grad_sum(record_loss, state.trainable, batch,
                                          mask, keys,

@@ -56,7 +56,8 @@ Formal guarantees (sound accounting only):
      Pure DP gives RDP through the tight randomized-response bound
      (Steinke 2024, "Sharp RDP & zCDP from pure DP").
   3. Poisson subsampling at rate q (add/remove): the RDP of the subsampled
-     step is bounded by the general bound of Zhu & Wang (ICML 2019, Thm 6)
+     step is bounded by the general bound of Zhu & Wang (ICML 2019, Thm 6;
+     term by term the larger of the paper's and autodp's forms, `_zhu_wang`)
      applied to the smaller of bounds 1 and 2, at integer orders (and at ceil(alpha) for
      fractional alpha, since Renyi divergences grow with the order), by the
      unsampled RDP, and by the RR bound of the amplified pure-DP level
@@ -347,7 +348,20 @@ def base_rdp(params: LMOParams, orders=PT_ORDERS, *, l1_sensitivity=1.0,
 
 
 def _zhu_wang(base_int: np.ndarray, q: float, alpha: int) -> float:
-  """Zhu & Wang 2019 Thm 6; base_int[j] = base RDP at order j (j >= 2)."""
+  """General Poisson-subsampled RDP bound at integer `alpha` (Zhu & Wang 2019).
+
+  base_int[j] is the base mechanism's RDP at order j (j >= 2); entries up to
+  alpha + 1 are read. The paper's general bound (Thm 6) is
+
+    log[(1-q)^{a-1}(1 + (a-1)q) + C(a,2) q^2 (1-q)^{a-2} e^{eps(2)}
+        + sum_{l>=3} C(a,l) q^l (1-q)^{a-l} * 3 e^{(l-1) eps(l)}] / (a-1).
+
+  The general-bound code of autodp (the authors' library,
+  `compose_poisson_subsampled_mechanisms1`) uses e^{l eps(l+1)} instead of
+  3 e^{(l-1) eps(l)} for l >= 3. Without the paper's proof at hand offline we
+  take, term by term, the larger of the two, which is at least each of the
+  two published forms and hence a valid bound if either is.
+  """
   if not np.all(np.isfinite(base_int[2:alpha + 1])):
     return math.inf
   l1q, lq = math.log1p(-q), math.log(q)
@@ -355,8 +369,15 @@ def _zhu_wang(base_int: np.ndarray, q: float, alpha: int) -> float:
   ls = np.arange(2, alpha + 1)
   logc = (special.gammaln(alpha + 1) - special.gammaln(ls + 1) -
           special.gammaln(alpha - ls + 1))
-  t = logc + ls * lq + (alpha - ls) * l1q + (ls - 1) * base_int[ls]
-  t[1:] += math.log(3.0)
+  moment = (ls - 1) * base_int[ls]
+  if alpha >= 3:
+    nxt = base_int[ls[1:] + 1] if len(base_int) > alpha + 1 else np.full(
+        len(ls) - 1, np.inf)
+    with np.errstate(invalid='ignore'):
+      alt = np.where(np.isfinite(nxt), ls[1:] * nxt, np.inf)
+    moment = moment.astype(np.float64)
+    moment[1:] = np.maximum(moment[1:] + math.log(3.0), alt)
+  t = logc + ls * lq + (alpha - ls) * l1q + moment
   return float(special.logsumexp(np.concatenate([terms, t])) / (alpha - 1))
 
 
@@ -373,7 +394,7 @@ def subsampled_rdp(params: LMOParams, q: float, orders=PT_ORDERS, *,
   eps_pure = pure_dp_epsilon(params, l1_sensitivity=l1_sensitivity, dim=dim)
   eps_q = amplified_pure_dp(eps_pure, q)
   best = np.minimum(base, rdp_from_pure_dp(eps_q, a))
-  amax = int(math.ceil(a.max()))
+  amax = int(math.ceil(a.max())) + 1   # _zhu_wang reads order alpha + 1
   ints = np.arange(0, amax + 1, dtype=np.float64)
   base_int = np.full(amax + 1, np.inf)
   base_int[2:] = base_rdp(params, ints[2:], l1_sensitivity=l1_sensitivity,

@@ -266,3 +266,37 @@ def test_faithful_pipeline_falls_below_monte_carlo_lower_estimate():
                                         num_samples=100_000)
   assert claimed < 0.3 < 3.5 < lower
   assert lmo.epsilon_per_step_sound(p, 1e-3) >= lower
+
+
+def _zw_form(base, q, alpha, autodp_form):
+  """Zhu & Wang's general bound written out term by term (independent of
+  lmo._zhu_wang): the paper's 3 e^{(l-1) eps(l)} or autodp's e^{l eps(l+1)}."""
+  total = (1 - q)**(alpha - 1) * (1 + (alpha - 1) * q)
+  for l in range(2, alpha + 1):
+    c = math.comb(alpha, l) * q**l * (1 - q)**(alpha - l)
+    if l == 2:
+      total += c * math.exp(base[2])
+    elif autodp_form:
+      total += c * math.exp(l * base[l + 1])
+    else:
+      total += c * 3 * math.exp((l - 1) * base[l])
+  return math.log(total) / (alpha - 1)
+
+
+def test_zhu_wang_bound_is_at_least_both_published_forms():
+  for q, sigma in ((0.02, 1.0), (0.3, 0.8), (0.05, 3.0)):
+    base = np.full(42, np.inf)
+    base[2:] = np.arange(2, 42) / (2 * sigma**2)
+    for alpha in (3, 4, 8, 20):
+      zw = lmo._zhu_wang(base, q, alpha)
+      paper = _zw_form(base, q, alpha, autodp_form=False)
+      autodp = _zw_form(base, q, alpha, autodp_form=True)
+      assert zw >= max(paper, autodp) - 1e-12
+      # ... and not looser than the sum of both.
+      assert zw <= math.log(math.exp((alpha - 1) * paper) + math.exp(
+          (alpha - 1) * autodp)) / (alpha - 1) + 1e-12
+  # Orders past the MGF domain at alpha + 1 make the bound infinite.
+  base = np.full(12, np.inf)
+  base[2:10] = 0.1
+  assert math.isinf(lmo._zhu_wang(base, 0.1, 9))
+  assert math.isfinite(lmo._zhu_wang(base, 0.1, 8))
