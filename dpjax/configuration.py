@@ -116,6 +116,9 @@ def validate(config) -> None:
     _check(name in ('pld', 'rdp', 'edgeworth'), 'dp.report_accountants',
            name, "names among 'pld', 'rdp', 'edgeworth'")
   _choice(config, 'dp.sampling', ('poisson', 'shuffle'))
+  mech = _choice(config, 'dp.mechanism', ('gaussian', 'lmo'))
+  if mech == 'lmo' and dp:
+    _validate_lmo(config)
 
   ac = _get(config, 'dp_adam_ac.enabled')
   _check(isinstance(ac, bool), 'dp_adam_ac.enabled', ac, 'True or False')
@@ -173,6 +176,32 @@ def validate(config) -> None:
            '-1 (all remaining devices) or a positive integer')
   for fmt in _get(config, 'export.formats'):
     _check(fmt in ('hf', 'gguf'), 'export.formats', fmt, "'hf' or 'gguf'")
+
+
+def _validate_lmo(config) -> None:
+  """The LMO mechanism's fields and the features it cannot combine with."""
+  from dpjax.accounting import lmo  # pylint: disable=g-import-not-at-top
+  _check(_get(config, 'dp.sampling') == 'poisson', 'dp.sampling',
+         _get(config, 'dp.sampling'),
+         "'poisson' with dp.mechanism='lmo' (the LMO accounting is proven "
+         'for Poisson sampling under add/remove only)')
+  _check(not _get(config, 'dp_adam_ac.enabled'), 'dp_adam_ac.enabled', True,
+         "False with dp.mechanism='lmo' (adaptive clipping is accounted as "
+         'one Gaussian mechanism)')
+  _number(config, 'dp.l1_clip_norm', 0, lo_open=True)
+  faithful = _get(config, 'dp.lmo_paper_faithful_not_private')
+  _check(isinstance(faithful, bool), 'dp.lmo_paper_faithful_not_private',
+         faithful, 'True or False')
+  fields = ('a1', 'k', 'theta', 'a3', 'lam', 'a4', 'u_a', 'u_b')
+  given = dict(_get(config, 'dp.lmo'))
+  _check(set(given) == set(fields), 'dp.lmo', sorted(given),
+         f'exactly the fields {fields}')
+  try:
+    lmo.LMOParams(**{k: float(v) for k, v in given.items()})
+  except (TypeError, ValueError) as e:
+    raise ConfigError('dp.lmo', str(e), 'a1, a3, a4, u_a >= 0; k, theta, '
+                      'lam > 0; u_b >= u_a; a positive mean inverse scale '
+                      '(search with python -m dpjax.lmo_search)') from e
 
 
 def validate_against_data(config, dataset_size: int) -> None:

@@ -18,13 +18,19 @@ def build_report(plan, ledger, sampler, final: dict[str, Any],
                  accountants=('pld', 'rdp', 'edgeworth'),
                  extra_rows=None, mechanism_notes=None) -> dict[str, Any]:
   """The report as a dict (what `report.json` holds)."""
+  lmo = getattr(plan, 'mechanism', 'gaussian') == 'lmo'
+  clip_ord = getattr(plan, 'clip_norm_ord', 2)
   out: dict[str, Any] = {
       'private': plan.enabled,
       'mechanism': {
-          'noise': 'gaussian' if plan.enabled else 'none',
+          'noise': (('lmo' if lmo else 'gaussian') if plan.enabled
+                    else 'none'),
           'noise_multiplier': plan.noise_multiplier,
-          'l2_clip_norm': plan.l2_clip_norm,
-          'clipping': 'flat per-example L2',
+          'noise_multiplier_means': (
+              'LMO noise scale / L1 sensitivity of the clipped sum' if lmo
+              else 'noise std / L2 sensitivity of the clipped sum'),
+          'clip_norm': plan.clip_norm if plan.enabled else None,
+          'clipping': f'flat per-example L{clip_ord}',
           'sampling': plan.sampling,
           'sampling_rate_q': (plan.q if plan.batch_schedule is None else
                               'variable: q_t = B_t / N per step, see phases'),

@@ -53,6 +53,26 @@ class PrivacyPlan:
   accountant: str
   calibrated_for_epsilon: float | None
   batch_schedule: tuple[float, ...] | None = None  # B_t per step (variable q)
+  # Noise: 'gaussian' (noise_multiplier = std / L2 sensitivity) or 'lmo'
+  # (noise_multiplier = LMO noise scale / L1 sensitivity).
+  mechanism: str = 'gaussian'
+  clip_norm_ord: int = 2              # 2: L2 clipping; 1: L1 clipping (LMO)
+  l1_clip_norm: float | None = None   # LMO with L1 clipping
+  lmo_params: tuple[tuple[str, float], ...] | None = None
+  lmo_noise_scale: float | None = None  # what the unit LMO noise is scaled by
+  lmo_paper_faithful_not_private: bool = False
+
+  @property
+  def clip_norm(self) -> float:
+    """The clip norm the step applies (L1 for LMO with L1 clipping)."""
+    return self.l1_clip_norm if self.clip_norm_ord == 1 else self.l2_clip_norm
+
+  def accountant_obj(self):
+    """The accountant that bounds this run's epsilon so far."""
+    if self.mechanism == 'lmo':
+      from dpjax.accounting import lmo  # pylint: disable=g-import-not-at-top
+      return lmo.LMOAccountant(lmo.LMOParams(**dict(self.lmo_params)))
+    return get_accountant(self.accountant)
 
   def batch_size_at(self, step: int) -> float:
     """Expected batch size of step `step` (1-based)."""
@@ -75,9 +95,16 @@ def _batch_sizes(config) -> tuple[float, ...] | None:
   return tuple(float(b) for b in sizes)
 
 
-def plan_privacy(config, dataset_size: int) -> PrivacyPlan:
-  """Resolves sigma (given or calibrated) for the run's sampling scheme."""
+def plan_privacy(config, dataset_size: int,
+                 num_noised_coordinates: int | None = None) -> PrivacyPlan:
+  """Resolves sigma (given or calibrated) for the run's sampling scheme.
+
+  `num_noised_coordinates` (d) is needed only for the paper-faithful LMO
+  mode, whose true L1 sensitivity after L2 clipping to C is C sqrt(d).
+  """
   dp = config.dp
+  if dp.enabled and dp.mechanism == 'lmo':
+    return _plan_lmo(config, dataset_size, num_noised_coordinates)
   batch = float(config.train.batch_size)
   q = batch / dataset_size
   neighbouring = 'add_remove' if dp.sampling == 'poisson' else 'replace_one'
@@ -122,6 +149,73 @@ def plan_privacy(config, dataset_size: int) -> PrivacyPlan:
   return PrivacyPlan(True, dp.sampling, neighbouring, dataset_size, batch, q,
                      sigma, float(dp.l2_clip_norm), float(dp.delta),
                      dp.accountant, target, sizes)
+
+
+def _plan_lmo(config, dataset_size: int, dim: int | None) -> PrivacyPlan:
+  """The LMO mechanism's plan: sound (L1 clipping, calibrated scale) by
+  default, or the artifact's setting behind the not-private flag."""
+  from dpjax.accounting import lmo  # pylint: disable=g-import-not-at-top
+  dp = config.dp
+  params = lmo.LMOParams(**{k: float(v) for k, v in dp.lmo.items()})
+  batch = float(config.train.batch_size)
+  q = batch / dataset_size
+  sizes = _batch_sizes(config)
+  acc = lmo.LMOAccountant(params)
+  common = dict(enabled=True, sampling='poisson', neighbouring='add_remove',
+                dataset_size=dataset_size, expected_batch_size=batch, q=q,
+                delta=float(dp.delta), accountant=acc.name,
+                batch_schedule=sizes, mechanism='lmo',
+                lmo_params=tuple(sorted(params.to_dict().items())))
+  if dp.lmo_paper_faithful_not_private:
+    # The artifact: L2 clipping to C, unit-scale LMO noise on the sum, the
+    # parameters' per-step eps taken as the guarantee. The L1 sensitivity of
+    # an L2-clipped sum is C sqrt(d), so the sound multiplier is 1/(C sqrt d).
+    if not dim:
+      raise ValueError('the paper-faithful LMO plan needs the number of '
+                       'noised coordinates')
+    c = float(dp.l2_clip_norm)
+    return PrivacyPlan(noise_multiplier=1.0 / (c * math.sqrt(dim)),
+                       l2_clip_norm=c, calibrated_for_epsilon=None,
+                       clip_norm_ord=2, lmo_noise_scale=1.0,
+                       lmo_paper_faithful_not_private=True, **common)
+  c1 = float(dp.l1_clip_norm)
+  m = float(dp.noise_multiplier)
+  target = None
+  if m < 0:
+    target = float(dp.target_epsilon)
+    steps = config.train.steps
+    try:
+      if sizes is not None:
+        m = batch_schedule.calibrate_sigma_for_schedule(
+            acc, target_epsilon=target, delta=dp.delta,
+            rates=[b / dataset_size for b in sizes],
+            neighbouring='add_remove')
+      else:
+        m = calibration.calibrate_sigma(
+            acc, target_epsilon=target, delta=dp.delta, q=q, steps=steps,
+            neighbouring='add_remove')
+    except ValueError as e:
+      raise configuration.ConfigError(
+          'dp.target_epsilon', f'{target} cannot be reached with LMO noise '
+          f'{params} over {steps} steps at q={q:.4g}, delta={dp.delta} ({e})',
+          'a larger target, fewer steps or a smaller batch') from e
+    if m > dp.max_noise_multiplier:
+      raise configuration.ConfigError(
+          'dp.target_epsilon', f'{target} needs an LMO noise scale of '
+          f'{m:.4g} x the L1 clip norm > dp.max_noise_multiplier '
+          f'({dp.max_noise_multiplier})', 'a larger target, fewer steps, a '
+          'smaller batch or a larger dp.max_noise_multiplier')
+  return PrivacyPlan(noise_multiplier=m, l2_clip_norm=math.inf,
+                     calibrated_for_epsilon=target, clip_norm_ord=1,
+                     l1_clip_norm=c1, lmo_noise_scale=m * c1, **common)
+
+
+def _lmo_noise_stage(plan: PrivacyPlan, noise_key):
+  from dpjax import lmo_noise  # pylint: disable=g-import-not-at-top
+  from dpjax.accounting import lmo  # pylint: disable=g-import-not-at-top
+  return lmo_noise.lmo_noise(lmo.LMOParams(**dict(plan.lmo_params)),
+                             l1_sensitivity=plan.lmo_noise_scale,
+                             key=noise_key)
 
 
 def _fingerprint(plan: PrivacyPlan, config) -> str:
@@ -176,7 +270,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                config.data.task == 'genre' else None)
   data = input_pipeline.build(config.data, tokenizer, seed=config.seed)
   configuration.validate_against_data(config, data.train_size)
-  plan = plan_privacy(config, data.train_size)
+  plan = plan_privacy(config, data.train_size, _num_coordinates(model))
 
   root = jax.random.key(config.seed)
   noise_key, dropout_key, sample_seed_key = jax.random.split(root, 3)
@@ -185,7 +279,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   ledger = ledger_lib.PrivacyLedger(
       sampling=plan.sampling, neighbouring=plan.neighbouring, unit=data.unit,
       dataset_size=plan.dataset_size,
-      batch_size=int(math.ceil(plan.expected_batch_size)))
+      batch_size=int(math.ceil(plan.expected_batch_size)),
+      mechanism=plan.mechanism,
+      mechanism_params=dict(plan.lmo_params or ()))
 
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   n_data = mesh.shape['data']
@@ -209,6 +305,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       ema_decay=config.train.ema_decay)
   if not plan.enabled:
     stages = stages._replace(noise=optax.identity())
+  elif plan.mechanism == 'lmo':
+    stages = stages._replace(noise=_lmo_noise_stage(plan, noise_key))
   tx = optimizers.chain(stages)
   state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32),
                                trainable=model.trainable,
@@ -238,10 +336,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                 l2_clip_norm=stages_clip(plan),
                                 microbatch_size=config.train.microbatch_size,
                                 private=plan.enabled,
-                                clip_norm_fn=clip_norm_fn),
+                                clip_norm_fn=clip_norm_fn,
+                                clip_norm_ord=plan.clip_norm_ord),
       donate_argnums=(0,))
   eval_fn = jax.jit(model.eval_fn)
-  accountant = get_accountant(plan.accountant) if plan.enabled else None
+  accountant = plan.accountant_obj() if plan.enabled else None
 
   def epsilon_so_far() -> float:
     if not plan.enabled:
@@ -322,8 +421,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         model.module, jax.device_get(model.combine(state.trainable, frozen)),
         data.tokenizer, data.canaries,
         n_samples=config.data.exposure_samples, seed=config.seed)
+  accountants, extra_rows = config.dp.report_accountants, None
+  if plan.enabled and plan.mechanism == 'lmo':
+    accountants, extra_rows, ac_notes = _lmo_report(plan, ledger)
   report = reporting.write_report(workdir, plan, ledger, sampler, final,
-                                  accountants=config.dp.report_accountants,
+                                  accountants=accountants,
+                                  extra_rows=extra_rows,
                                   mechanism_notes=ac_notes)
   writer.close()
   ckpt.close()
@@ -375,7 +478,44 @@ def _adaptive_stages(config, plan: PrivacyPlan, noise_key):
 
 
 def stages_clip(plan: PrivacyPlan) -> float:
-  return plan.l2_clip_norm if plan.enabled else 1.0
+  return plan.clip_norm if plan.enabled else 1.0
+
+
+def _num_coordinates(model) -> int:
+  return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(
+      model.trainable)))
+
+
+def _lmo_report(plan: PrivacyPlan, ledger):
+  """(accountants, extra rows, notes) of an LMO run's report: the sound
+  bound (the guarantee) and the artifact's heuristic figure beside it."""
+  from dpjax.accounting import lmo  # pylint: disable=g-import-not-at-top
+  acc = plan.accountant_obj()
+  rows = [r for r in lmo.lmo_report_rows(acc.lmo_phases(ledger.phases),
+                                         plan.delta)
+          if r['accountant'] == 'lmo_paper_faithful_not_private']
+  for r in rows:
+    r['basis'] = 'paper heuristic (Gaussian with the same per-step eps)'
+  notes = {
+      'noise': 'LMO: Laplace(0, scale / eps\') per coordinate, eps\' = a1 '
+               'Gamma(k, theta) + a3 Exp(rate lam) + a4 U[u_a, u_b]',
+      'lmo_noise_scale': plan.lmo_noise_scale,
+      'lmo_sound_accounting': 'lmo_sound: MGF-RDP on its domain or pure DP, '
+                              'Zhu-Wang Poisson subsampling, RDP '
+                              'composition; an upper bound',
+      'lmo_paper_faithful_not_private': (
+          "the paper's overall eps: the Gaussian mechanism with the same "
+          'per-step (eps0, delta), subsampled and composed; NOT a guarantee '
+          'for LMO noise'),
+  }
+  if plan.lmo_paper_faithful_not_private:
+    notes.update(
+        formally_private=False,
+        warning='NOT DIFFERENTIALLY PRIVATE AS CONFIGURED: '
+        'dp.lmo_paper_faithful_not_private=True runs the artifact\'s setting '
+        '(L2 clipping, unit-scale noise assumed to have L1 sensitivity 1). '
+        'The lmo_sound row accounts the true L1 sensitivity C sqrt(d).')
+  return (acc,), rows, notes
 
 
 def evaluate_both(model, state, frozen, data, config, eval_fn, batch_sh):

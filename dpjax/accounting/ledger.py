@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 SAMPLINGS = ('poisson', 'shuffle')
 NEIGHBOURING = ('add_remove', 'replace_one')
+MECHANISMS = ('gaussian', 'lmo')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,11 @@ class PrivacyLedger:
     dataset_size: N, needed to count epochs under 'shuffle'.
     batch_size: expected (Poisson) or fixed (shuffle) batch size.
     phases: the compressed history.
+    mechanism: the noise every step adds: 'gaussian' (sigma = noise std / L2
+      sensitivity) or 'lmo' (LMO Laplace mixture; sigma = noise scale / L1
+      sensitivity, see `dpjax.accounting.lmo.LMOAccountant`).
+    mechanism_params: the noise's fixed parameters (LMO: `LMOParams` as a
+      dict), so a checkpointed ledger can be accounted on its own.
   """
   sampling: str = 'poisson'
   neighbouring: str = 'add_remove'
@@ -83,8 +89,13 @@ class PrivacyLedger:
   dataset_size: int = 0
   batch_size: int = 0
   phases: list[Phase] = dataclasses.field(default_factory=list)
+  mechanism: str = 'gaussian'
+  mechanism_params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
+    if self.mechanism not in MECHANISMS:
+      raise ValueError(f'mechanism must be one of {MECHANISMS}, '
+                       f'got {self.mechanism!r}.')
     if self.sampling not in SAMPLINGS:
       raise ValueError(f'sampling must be one of {SAMPLINGS}, '
                        f'got {self.sampling!r}.')
@@ -149,6 +160,8 @@ class PrivacyLedger:
     d = dict(d)
     d['phases'] = [Phase(float(p['q']), float(p['sigma']), int(p['count']))
                    for p in d.get('phases', [])]
+    d['mechanism_params'] = {k: float(v) for k, v in
+                             dict(d.get('mechanism_params') or {}).items()}
     return cls(**d)
 
 

@@ -474,6 +474,61 @@ def epsilon_sound_details(phases: Sequence[LMOPhase], delta: float,
           'orders': [float(orders[0]), float(orders[-1]), len(orders)]}
 
 
+class LMOAccountant:
+  """The sound LMO accounting behind the accountant protocol of
+  `dpjax.accounting` (`epsilon(phases, delta, neighbouring)`), for ledgers of
+  LMO runs.
+
+  A ledger `Phase(q, sigma, count)` of an LMO run records sigma = (the scale
+  the unit LMO noise was multiplied by) / (the add/remove L1 sensitivity of
+  the noised sum), the analogue of the Gaussian noise multiplier: it is
+  accounted as `LMOPhase(params, q, count, l1_sensitivity=1 / sigma)`.
+
+  Formal guarantees: those of `epsilon_sound` (module docstring), under
+  Poisson sampling and the add/remove relation; other relations raise
+  NotImplementedError (no bound is claimed).
+  """
+  name = 'lmo_sound'
+  is_upper_bound = True
+
+  def __init__(self, params: LMOParams, orders=PT_ORDERS):
+    if not isinstance(params, LMOParams):
+      raise ValueError('params must be an LMOParams.')
+    self.params = params
+    self.orders = tuple(float(a) for a in orders)
+
+  def lmo_phases(self, phases) -> list[LMOPhase]:
+    return [LMOPhase(self.params, float(p.q), int(p.count),
+                     l1_sensitivity=1.0 / float(p.sigma))
+            for p in phases if p.count]
+
+  def epsilon(self, phases, delta: float,
+              neighbouring: str = 'add_remove') -> float:
+    if neighbouring != 'add_remove':
+      raise NotImplementedError(
+          'The sound LMO accounting is proven for Poisson sampling under '
+          f'add/remove only, not {neighbouring!r}.')
+    if not (isinstance(delta, (int, float)) and 0 < delta < 1):
+      raise ValueError(f'delta must be in (0, 1), got {delta!r}.')
+    phases = [p for p in phases if p.count]
+    if any(p.sigma == 0 for p in phases):
+      return math.inf
+    return epsilon_sound(self.lmo_phases(phases), delta, self.orders)
+
+  def delta(self, phases, epsilon: float,
+            neighbouring: str = 'add_remove') -> float:
+    del phases, epsilon, neighbouring
+    raise NotImplementedError('delta(epsilon) is not implemented for the '
+                              'LMO accounting; use epsilon(delta).')
+
+  def describe(self) -> dict[str, Any]:
+    return {'mechanism': 'LMO (Laplace with random inverse scale)',
+            'params': self.params.to_dict(),
+            'conversion': 'RDP (Zhu-Wang subsampling) or pure DP, the smaller',
+            'orders': [self.orders[0], self.orders[-1], len(self.orders)],
+            'sigma_means': 'noise scale / L1 sensitivity'}
+
+
 def epsilon_per_step_sound(params: LMOParams, delta: float = ARTIFACT_DELTA,
                            *, l1_sensitivity: float = 1.0,
                            method: str = 'best',

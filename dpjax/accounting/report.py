@@ -31,7 +31,11 @@ GUARANTEE = 'accountable phases'
 NOT_A_GUARANTEE = 'not a guarantee (shuffled batches accounted as Poisson)'
 
 
-def _rows(phases, delta, accountants, neighbouring, basis) -> list[dict]:
+GAUSSIAN_ACCOUNTANTS = ('pld', 'rdp', 'edgeworth')
+
+
+def _rows(phases, delta, accountants, neighbouring, basis,
+          mechanism='gaussian') -> list[dict]:
   from dpjax.accounting import get_accountant  # pylint: disable=g-import-not-at-top
   rows = []
   for spec in accountants:
@@ -39,6 +43,14 @@ def _rows(phases, delta, accountants, neighbouring, basis) -> list[dict]:
     row = {'accountant': acc.name, 'delta': delta,
            'kind': 'upper bound' if acc.is_upper_bound else 'estimate',
            'basis': basis}
+    if mechanism != 'gaussian' and acc.name in GAUSSIAN_ACCOUNTANTS:
+      # A Gaussian accountant says nothing about other noise.
+      row['epsilon'] = math.nan
+      row['details'] = {'not_available': f'{acc.name} accounts Gaussian '
+                                         f'noise; this run added '
+                                         f'{mechanism} noise'}
+      rows.append(row)
+      continue
     try:
       row['epsilon'] = float(acc.epsilon(phases, delta, neighbouring))
       row['details'] = acc.describe()
@@ -86,7 +98,8 @@ def privacy_report(ledger: ledger_lib.PrivacyLedger, delta: float,
   notes = []
   if ledger.sampling == 'poisson':
     phases = ledger.accountable_phases()
-    rows = _rows(phases, delta, accountants, ledger.neighbouring, GUARANTEE)
+    rows = _rows(phases, delta, accountants, ledger.neighbouring, GUARANTEE,
+                 ledger.mechanism)
   else:
     phases = ledger.accountable_phases()
     rows = _rows(phases, delta, accountants, 'add_remove', GUARANTEE)
@@ -113,6 +126,8 @@ def privacy_report(ledger: ledger_lib.PrivacyLedger, delta: float,
       'steps': ledger.steps,
       'phases': [{'q': p.q, 'sigma': p.sigma, 'count': p.count}
                  for p in ledger.phases],
+      'mechanism': ledger.mechanism,
+      'mechanism_params': dict(ledger.mechanism_params),
       'notes': notes,
   }
 
