@@ -36,10 +36,19 @@ def get_config():
 
   # ---- Which parameters train ----
   config.peft = ml_collections.ConfigDict()
-  config.peft.mode = 'full'            # full | lora | bias_only | norms
+  config.peft.mode = 'full'            # full | lora | bias_only | norms | rgp
   config.peft.lora_rank = 4
   config.peft.lora_alpha = 8.0
   config.peft.lora_targets = r'.*self_attn/(q|v)_proj'
+  # RGP (reparametrized gradient perturbation, EW-Tune's training): the kernels of the
+  # modules matching rgp_targets train through rank-r gradient carriers (bases from one
+  # power iteration on the current weights each step); rgp_extra_trainable leaves
+  # (regexes on '/'-joined paths, e.g. a classifier head) train normally beside them.
+  config.peft.rgp_rank = 1
+  config.peft.rgp_targets = r'.*(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)'
+  config.peft.rgp_extra_trainable = ()
+  config.peft.rgp_power_iters = 1
+  config.peft.rgp_cross_sign = -1.0    # -1: RGP paper (exact at full rank); +1: EW-Tune's code.
 
   # ---- Data ----
   config.data = ml_collections.ConfigDict()

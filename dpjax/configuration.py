@@ -67,10 +67,17 @@ def validate(config) -> None:
     _check(isinstance(path, str) and path != '', 'model.path', path,
            'a local folder (hf) or .gguf file path')
   _number(config, 'model.dropout_rate', 0, 1, hi_open=True)
-  _choice(config, 'peft.mode', ('full', 'lora', 'bias_only', 'norms'))
+  _choice(config, 'peft.mode', ('full', 'lora', 'bias_only', 'norms', 'rgp'))
   if _get(config, 'peft.mode') == 'lora':
     _number(config, 'peft.lora_rank', 1, integer=True)
     _number(config, 'peft.lora_alpha', 0, lo_open=True)
+  if _get(config, 'peft.mode') == 'rgp':
+    _number(config, 'peft.rgp_rank', 1, integer=True)
+    _number(config, 'peft.rgp_power_iters', 1, integer=True)
+    _choice(config, 'peft.rgp_cross_sign', (-1.0, 1.0))
+    _check(not _get(config, 'dp_adam_ac.enabled'), 'dp_adam_ac.enabled',
+           True, "False with peft.mode='rgp' (adaptive clipping is not "
+           'implemented in carrier space)')
 
   corpus = _choice(config, 'data.corpus', ('shakespeare', 'records'))
   if corpus == 'records':

@@ -34,6 +34,7 @@ class Model:
   combine: Callable[[PyTree, PyTree], PyTree]
   loss_fn: Callable[..., jax.Array]
   eval_fn: Callable[..., tuple[jax.Array, jax.Array]]
+  rgp_targets: tuple[str, ...] = ()   # peft 'rgp': target kernel paths
 
 
 def _random_init(config):
@@ -91,20 +92,28 @@ def _pretrained(config):
 
 
 def _split(config, params, key):
-  """(trainable, frozen, combine) for `config.peft.mode`."""
+  """(trainable, frozen, combine, rgp target paths) for `config.peft.mode`."""
   mode = config.peft.mode
   if mode == 'full':
-    return params, {}, lambda t, f: t
+    return params, {}, lambda t, f: t, ()
   from dpjax.models import peft  # pylint: disable=g-import-not-at-top
-  spec = peft.Peft(mode=mode, rank=config.peft.lora_rank,
-                   alpha=config.peft.lora_alpha,
-                   targets=config.peft.lora_targets)
   try:
+    if mode == 'rgp':
+      extra = config.peft.rgp_extra_trainable
+      spec = peft.Peft(mode=mode, rank=config.peft.rgp_rank,
+                       targets=config.peft.rgp_targets,
+                       extra_trainable=(extra,) if isinstance(extra, str)
+                       else tuple(extra))
+    else:
+      spec = peft.Peft(mode=mode, rank=config.peft.lora_rank,
+                       alpha=config.peft.lora_alpha,
+                       targets=config.peft.lora_targets)
     trainable, frozen = spec.split(params, key)
   except ValueError as e:
     raise ConfigError('peft', str(e), 'a mode and targets that select '
                       'parameters of this model') from e
-  return trainable, frozen, spec.combine
+  targets = spec.rgp_target_paths(trainable) if mode == 'rgp' else ()
+  return trainable, frozen, spec.combine, targets
 
 
 def _lm_fns(module, model_cfg, combine):
@@ -195,7 +204,7 @@ def create(config) -> Model:
   if config.data.tokenizer == 'model' and tok is None:
     raise ConfigError('data.tokenizer', "'model' needs a pretrained model "
                       'with a tokenizer', "'byte' for random-init models")
-  trainable, frozen, combine = _split(
+  trainable, frozen, combine, rgp_targets = _split(
       config, params, jax.random.fold_in(jax.random.key(config.seed), 11))
   if config.data.task == 'genre':
     loss_fn, eval_fn = _classification_fns(module, combine)
@@ -207,7 +216,7 @@ def create(config) -> Model:
   logging.info('Model %s: %d parameters, %d trainable (%s)', family, n_all,
                n_train, config.peft.mode)
   return Model(module, model_cfg, family, tok, trainable, frozen, combine,
-               loss_fn, eval_fn)
+               loss_fn, eval_fn, rgp_targets)
 
 
 def export(config, model: Model, trainable, frozen, workdir: str) -> None:

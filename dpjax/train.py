@@ -331,14 +331,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     ledger = ledger_lib.PrivacyLedger.from_dict(meta['ledger'])
     logging.info('Resumed from step %d', start)
 
-  train_step = jax.jit(
-      steps_lib.make_train_step(model.loss_fn, optimizers.post_clip(stages),
-                                l2_clip_norm=stages_clip(plan),
-                                microbatch_size=config.train.microbatch_size,
-                                private=plan.enabled,
-                                clip_norm_fn=clip_norm_fn,
-                                clip_norm_ord=plan.clip_norm_ord),
-      donate_argnums=(0,))
+  train_step = jax.jit(_make_step(config, model, stages, plan, clip_norm_fn,
+                                  jax.random.fold_in(root, 7919)),
+                       donate_argnums=(0,))
   eval_fn = jax.jit(model.eval_fn)
   accountant = plan.accountant_obj() if plan.enabled else None
 
@@ -475,6 +470,29 @@ def _adaptive_stages(config, plan: PrivacyPlan, noise_key):
       nonprivate_percentile_clipping=ac.nonprivate_percentile_clipping,
       noise_multiplier=plan.noise_multiplier)
   return stages, dp_adam_ac.current_clip_norm, notes
+
+
+def _make_step(config, model, stages, plan: PrivacyPlan, clip_norm_fn,
+               rgp_key):
+  """The jittable step: DP-SGD-style, or RGP's carrier-space step.
+
+  A non-private run with peft.mode='rgp' takes full gradients of the same
+  trainable leaves (the baseline has nothing to reparametrize for).
+  """
+  if config.peft.mode == 'rgp' and plan.enabled:
+    from dpjax import rgp_step  # pylint: disable=g-import-not-at-top
+    return rgp_step.make_rgp_train_step(
+        model.loss_fn, stages, targets=model.rgp_targets,
+        rank=config.peft.rgp_rank, l2_clip_norm=stages_clip(plan),
+        microbatch_size=config.train.microbatch_size, key=rgp_key,
+        power_iters=config.peft.rgp_power_iters,
+        cross_sign=float(config.peft.rgp_cross_sign),
+        clip_norm_ord=plan.clip_norm_ord)
+  return steps_lib.make_train_step(
+      model.loss_fn, optimizers.post_clip(stages),
+      l2_clip_norm=stages_clip(plan),
+      microbatch_size=config.train.microbatch_size, private=plan.enabled,
+      clip_norm_fn=clip_norm_fn, clip_norm_ord=plan.clip_norm_ord)
 
 
 def stages_clip(plan: PrivacyPlan) -> float:

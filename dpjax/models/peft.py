@@ -1,5 +1,5 @@
 """Parameter-efficient fine-tuning as parameter transforms: LoRA, bias-only,
-norm scales only.
+norm scales only, and the parameter split for RGP.
 
 Nothing here rewrites a module. Training keeps two trees: a small `trainable`
 one and a `frozen` one, and `combine(trainable, frozen)` builds the full
@@ -23,6 +23,13 @@ Parameter paths are the '/'-joined keys of the tree, e.g.
 'layers_0/self_attn/q_proj/kernel'; LoRA targets match the module path (the
 kernel's parent, 'layers_0/self_attn/q_proj') by `re.fullmatch`, or by its
 last component when the pattern is a plain name ('q_proj').
+
+RGP ('rgp', see `dpjax.rgp` and `dpjax.rgp_step`): `trainable` holds the full
+2-D kernels of the target modules (same `targets` convention as LoRA) plus
+any leaves whose '/'-joined path fully matches an `extra_trainable` regex
+(e.g. a classification head, 'classifier/.*'); `combine` is a plain union.
+The low-rank part lives in the training step, not in the parameters:
+`rgp_target_paths(trainable)` tells the step which leaves to reparametrize.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 Params = Mapping[str, Any]
-MODES = ('full', 'lora', 'bias_only', 'norms')
+MODES = ('full', 'lora', 'bias_only', 'norms', 'rgp')
 
 
 def _flatten(tree: Params, prefix: str = '') -> dict[str, Any]:
@@ -183,6 +190,64 @@ def norms_split(params: Params) -> tuple[dict[str, Any], dict[str, Any]]:
   return split_by(params, lambda p: _leaf_name(p) == 'scale')
 
 
+def _is_rgp_target(path: str, value: Any, targets: Sequence[str]) -> bool:
+  if not path.endswith('/kernel') or jnp.ndim(value) != 2:
+    return False
+  module = path[:-len('/kernel')]
+  return any(_matches(t, module) for t in targets)
+
+
+def _is_extra(path: str, extra_trainable: Sequence[str]) -> bool:
+  return any(re.fullmatch(p, path) is not None for p in extra_trainable)
+
+
+def rgp_split(params: Params, *, targets: Sequence[str] | str, rank: int,
+              extra_trainable: Sequence[str] | str = ()
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """`(trainable, frozen)` for RGP.
+
+  `trainable` = the 2-D `kernel` leaves of the modules matching `targets`
+  (as for LoRA) plus the leaves whose '/'-joined path fully matches one of
+  the `extra_trainable` regexes; `frozen` = everything else.
+
+  Raises:
+    ValueError: no kernel matches `targets`, or `rank` exceeds
+      min(in, out) of a target kernel.
+  """
+  if isinstance(targets, str):
+    targets = (targets,)
+  if isinstance(extra_trainable, str):
+    extra_trainable = (extra_trainable,)
+  flat = _flatten(params)
+  kernels = sorted(p for p, v in flat.items()
+                   if _is_rgp_target(p, v, targets))
+  if not kernels:
+    modules = sorted(p[:-len('/kernel')] for p, v in flat.items()
+                     if p.endswith('/kernel') and jnp.ndim(v) == 2)
+    raise ValueError(f'peft mode "rgp": targets {list(targets)} match no 2-D '
+                     f'Dense kernel; module paths are e.g. {modules[:8]}')
+  too_small = [(p, tuple(jnp.shape(flat[p]))) for p in kernels
+               if rank > min(jnp.shape(flat[p]))]
+  if too_small:
+    raise ValueError(f'peft mode "rgp": rank={rank} exceeds min(in, out) of '
+                     f'{too_small[:4]}')
+  chosen = set(kernels)
+  return split_by(params, lambda p: p in chosen or _is_extra(p,
+                                                             extra_trainable))
+
+
+def rgp_target_paths(trainable: Params, targets: Sequence[str] | str
+                     ) -> tuple[str, ...]:
+  """Sorted '/'-joined paths (the `dpjax.rgp.path_str` convention) of the
+  target kernels inside an RGP `trainable` tree: its 2-D `kernel` leaves whose
+  module matches `targets` (leaves trained only through `extra_trainable` are
+  not listed). See also `Peft.rgp_target_paths`."""
+  if isinstance(targets, str):
+    targets = (targets,)
+  return tuple(sorted(p for p, v in _flatten(trainable).items()
+                      if _is_rgp_target(p, v, targets)))
+
+
 def count(tree: Params) -> int:
   """Number of scalars in a tree."""
   return int(sum(jnp.size(x) for x in jax.tree.leaves(tree)))
@@ -193,16 +258,21 @@ class Peft:
   """Which parameters train, and how trainable + frozen become full params.
 
   Attributes:
-    mode: 'full' (everything trains), 'lora', 'bias_only' (bias leaves) or
-      'norms' (norm `scale` leaves).
-    rank: LoRA rank.
+    mode: 'full' (everything trains), 'lora', 'bias_only' (bias leaves),
+      'norms' (norm `scale` leaves) or 'rgp' (target kernels in full, plus
+      `extra_trainable`; the training step is `dpjax.rgp_step`).
+    rank: LoRA rank, or RGP carrier rank.
     alpha: LoRA alpha; the update is scaled by alpha / rank.
-    targets: LoRA target module patterns (see module docstring).
+    targets: LoRA / RGP target module patterns (see module docstring).
+    extra_trainable: 'rgp' only: regexes (full match) on '/'-joined leaf
+      paths of further leaves trained normally (no reparametrization), e.g.
+      a classification head.
   """
   mode: str = 'full'
   rank: int = 8
   alpha: float = 16.0
   targets: tuple[str, ...] = ('.*self_attn/(q|v)_proj',)
+  extra_trainable: tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -211,7 +281,20 @@ class Peft:
       object.__setattr__(self, 'targets', (self.targets,))
     else:
       object.__setattr__(self, 'targets', tuple(self.targets))
-    if self.mode == 'lora':
+    if isinstance(self.extra_trainable, str):
+      object.__setattr__(self, 'extra_trainable', (self.extra_trainable,))
+    else:
+      object.__setattr__(self, 'extra_trainable', tuple(self.extra_trainable))
+    if self.extra_trainable and self.mode != 'rgp':
+      raise ValueError('peft extra_trainable is only used by mode "rgp", got '
+                       f'mode {self.mode!r}')
+    for pattern in self.extra_trainable:
+      try:
+        re.compile(pattern)
+      except re.error as e:
+        raise ValueError(f'peft extra_trainable: bad regex {pattern!r}: {e}'
+                         ) from None
+    if self.mode in ('lora', 'rgp'):
       if not isinstance(self.rank, int) or self.rank <= 0:
         raise ValueError(f'peft rank must be a positive int, got {self.rank!r}')
       if not self.targets:
@@ -222,13 +305,16 @@ class Peft:
     """`(trainable, frozen)` from full params.
 
     For 'lora', `trainable` is fresh LoRA factors (needs `key`) and `frozen`
-    is all of `params`.
+    is all of `params`. For 'rgp', see `rgp_split` (`key` is unused).
 
     Raises:
       ValueError: 'lora' without a key, or a mode that selects nothing.
     """
     if self.mode == 'full':
       return dict(params), {}
+    if self.mode == 'rgp':
+      return rgp_split(params, targets=self.targets, rank=self.rank,
+                       extra_trainable=self.extra_trainable)
     if self.mode == 'lora':
       if key is None:
         raise ValueError('peft mode "lora" needs key= to initialize A')
@@ -249,6 +335,14 @@ class Peft:
     if self.mode == 'lora':
       return lora_merge(frozen, trainable, alpha=self.alpha, rank=self.rank)
     return merge_trees(trainable, frozen)
+
+  def rgp_target_paths(self, trainable: Params) -> tuple[str, ...]:
+    """'rgp' only: the target kernels' paths in `trainable` (the `targets`
+    argument of `dpjax.rgp_step.make_rgp_train_step`)."""
+    if self.mode != 'rgp':
+      raise ValueError(f'rgp_target_paths needs peft mode "rgp", got '
+                       f'{self.mode!r}')
+    return rgp_target_paths(trainable, self.targets)
 
   def export(self, trainable: Params, frozen: Params) -> dict[str, Any]:
     """A plain parameter tree (LoRA merged into the base) for saving."""
