@@ -509,8 +509,11 @@ def _lmo_report(plan: PrivacyPlan, ledger):
   bound (the guarantee) and the artifact's heuristic figure beside it."""
   from dpjax.accounting import lmo  # pylint: disable=g-import-not-at-top
   acc = plan.accountant_obj()
-  rows = [r for r in lmo.lmo_report_rows(acc.lmo_phases(ledger.phases),
-                                         plan.delta)
+  phases = acc.lmo_phases(ledger.phases)
+  if plan.lmo_paper_faithful_not_private:
+    # The paper's figure assumes L1 sensitivity 1 in noise units.
+    phases = [dataclasses.replace(p, l1_sensitivity=1.0) for p in phases]
+  rows = [r for r in lmo.lmo_report_rows(phases, plan.delta)
           if r['accountant'] == 'lmo_paper_faithful_not_private']
   for r in rows:
     r['basis'] = 'paper heuristic (Gaussian with the same per-step eps)'

@@ -716,8 +716,11 @@ def lmo_report_rows(phases: Sequence[LMOPhase], delta: float, *,
   if len({(p.params, p.q) for p in phases if p.count}) == 1:
     ph = next(p for p in phases if p.count)
     steps = sum(p.count for p in phases)
+    # The artifact's per-step eps of the mechanism as it ran: at relative
+    # L1 sensitivity r the mechanism equals the params scaled by r at 1.
     e0 = eps0 if eps0 is not None else (
-        epsilon_per_step_paper_faithful_not_private(ph.params, delta)[0])
+        epsilon_per_step_paper_faithful_not_private(
+            ph.params.scaled(ph.l1_sensitivity), delta)[0])
     e = epsilon_paper_faithful_not_private(e0, q=float(ph.q), steps=steps,
                                            delta=delta)
     rows.append({'accountant': 'lmo_paper_faithful_not_private',

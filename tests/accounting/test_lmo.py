@@ -300,3 +300,20 @@ def test_zhu_wang_bound_is_at_least_both_published_forms():
   base[2:10] = 0.1
   assert math.isinf(lmo._zhu_wang(base, 0.1, 9))
   assert math.isfinite(lmo._zhu_wang(base, 0.1, 8))
+
+
+def test_sensitivity_r_is_the_same_mechanism_as_params_scaled_by_r():
+  # Noise scale 1/r at sensitivity 1 and sensitivity r at scale 1 are one
+  # mechanism: both accountings (sound and the paper's) must agree.
+  r = 0.4
+  a = lmo.lmo_report_rows([lmo.LMOPhase(P03, 0.03, 50, l1_sensitivity=r)],
+                          1e-5)
+  b = lmo.lmo_report_rows([lmo.LMOPhase(P03.scaled(r), 0.03, 50)], 1e-5)
+  for ra, rb in zip(a, b):
+    assert ra['accountant'] == rb['accountant']
+    assert ra['epsilon'] == pytest.approx(rb['epsilon'], rel=1e-6)
+  # ... and a different r gives a different figure.
+  c = lmo.lmo_report_rows([lmo.LMOPhase(P03, 0.03, 50, l1_sensitivity=1.0)],
+                          1e-5)
+  assert c[0]['epsilon'] > a[0]['epsilon'] * 1.5
+  assert c[1]['epsilon'] > a[1]['epsilon'] * 1.01
