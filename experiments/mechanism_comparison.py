@@ -164,13 +164,19 @@ def main():
   args = ap.parse_args()
   names = RUNS if args.runs == 'all' else tuple(args.runs.split(','))
   d = noised_coordinates(base_config(args))
+  # Keep earlier runs of other names (run a subset with --runs to redo it).
   results = []
+  path = os.path.join(RESULTS, 'mechanism_comparison.json')
+  if args.runs != 'all' and os.path.exists(path):
+    with open(path) as f:
+      results = [r for r in json.load(f)['results'] if r['run'] not in names]
   with tempfile.TemporaryDirectory() as root:
     for name in names:
       config = configure(name, base_config(args), d)
       t = time.time()
       out = train.train_and_evaluate(config, os.path.join(root, name))
       results.append(summarize(name, out, time.time() - t, d))
+      results.sort(key=lambda r: RUNS.index(r['run']))
       write(results, args)   # keep what is done if a later run fails
       print(f'== {name}: {results[-1]}', flush=True)
 

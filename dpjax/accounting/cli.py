@@ -250,8 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
       with open(args.ledger) as f:
         ledger = PrivacyLedger.from_dict(json.load(f))
-      rep = report_lib.privacy_report(
-          ledger, args.delta, accountants=tuple(args.accountants.split(',')))
+      accountants = tuple(args.accountants.split(','))
+      if ledger.mechanism == 'lmo':  # the ledger names its own accounting
+        from dpjax.accounting import lmo  # pylint: disable=g-import-not-at-top
+        accountants = (lmo.LMOAccountant(
+            lmo.LMOParams(**ledger.mechanism_params)),)
+      rep = report_lib.privacy_report(ledger, args.delta,
+                                      accountants=accountants)
       if args.json:
         print(json.dumps(_sanitize(rep), indent=1))
       else:

@@ -83,6 +83,26 @@ def test_report_from_ledger_file(capsys, tmp_path):
   assert rc == 0 and 'upper bound' in out and 'estimate' in out
 
 
+def test_report_of_an_lmo_ledger_uses_the_sound_lmo_accounting(capsys,
+                                                                 tmp_path):
+  from dpjax.accounting import lmo
+  params = lmo.LMOParams(a1=0.1, k=2, theta=1, a3=0.1, lam=5, a4=0.9,
+                         u_a=2, u_b=3)
+  ledger = PrivacyLedger(unit='one passage', mechanism='lmo',
+                         mechanism_params=params.to_dict())
+  ledger.record(0.02, 0.7, 30)
+  path = tmp_path / 'ledger.json'
+  path.write_text(json.dumps(ledger.to_dict()))
+  rc, out, _ = _run(capsys, 'report', '--ledger', str(path), '--delta',
+                    '1e-5', '--json')
+  assert rc == 0
+  rows = json.loads(out)['rows']
+  assert [r['accountant'] for r in rows] == ['lmo_sound']
+  expected = lmo.epsilon_sound(
+      [lmo.LMOPhase(params, 0.02, 30, l1_sensitivity=1 / 0.7)], 1e-5)
+  assert rows[0]['epsilon'] == pytest.approx(expected, rel=1e-9)
+
+
 def test_module_entry_point_never_imports_jax():
   code = ('import sys, runpy; sys.argv = ["x", "epsilon", "--q", "0.01", '
           '"--sigma", "1", "--steps", "100", "--delta", "1e-5", '
