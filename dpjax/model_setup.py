@@ -219,6 +219,18 @@ def create(config) -> Model:
                loss_fn, eval_fn, rgp_targets)
 
 
+def noised_coordinates(model: Model, rgp_rank: int = 1) -> int:
+  """d: how many coordinates the noise stage sees per step.
+
+  Every trainable coordinate, except under peft 'rgp', where each target
+  kernel [in, out] is noised through rank-r carriers: r (in + out).
+  """
+  from dpjax import rgp  # pylint: disable=g-import-not-at-top
+  targets = set(model.rgp_targets)
+  return int(sum(rgp_rank * sum(x.shape) if p in targets else x.size
+                 for p, x in rgp.flat_params(model.trainable).items()))
+
+
 def export(config, model: Model, trainable, frozen, workdir: str) -> None:
   """Writes the (EMA) weights in each of `config.export.formats`."""
   if not config.export.formats:

@@ -270,7 +270,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                config.data.task == 'genre' else None)
   data = input_pipeline.build(config.data, tokenizer, seed=config.seed)
   configuration.validate_against_data(config, data.train_size)
-  plan = plan_privacy(config, data.train_size, _num_coordinates(model))
+  plan = plan_privacy(config, data.train_size, model_setup.noised_coordinates(
+      model, config.peft.rgp_rank))
 
   root = jax.random.key(config.seed)
   noise_key, dropout_key, sample_seed_key = jax.random.split(root, 3)
@@ -476,14 +477,15 @@ def _make_step(config, model, stages, plan: PrivacyPlan, clip_norm_fn,
                rgp_key):
   """The jittable step: DP-SGD-style, or RGP's carrier-space step.
 
-  A non-private run with peft.mode='rgp' takes full gradients of the same
-  trainable leaves (the baseline has nothing to reparametrize for).
+  A non-private run with peft.mode='rgp' is RGP without clipping or noise
+  (the same low-rank updates: the baseline for the private runs).
   """
-  if config.peft.mode == 'rgp' and plan.enabled:
+  if config.peft.mode == 'rgp':
     from dpjax import rgp_step  # pylint: disable=g-import-not-at-top
     return rgp_step.make_rgp_train_step(
         model.loss_fn, stages, targets=model.rgp_targets,
-        rank=config.peft.rgp_rank, l2_clip_norm=stages_clip(plan),
+        rank=config.peft.rgp_rank,
+        l2_clip_norm=plan.clip_norm if plan.enabled else math.inf,
         microbatch_size=config.train.microbatch_size, key=rgp_key,
         power_iters=config.peft.rgp_power_iters,
         cross_sign=float(config.peft.rgp_cross_sign),
@@ -497,11 +499,6 @@ def _make_step(config, model, stages, plan: PrivacyPlan, clip_norm_fn,
 
 def stages_clip(plan: PrivacyPlan) -> float:
   return plan.clip_norm if plan.enabled else 1.0
-
-
-def _num_coordinates(model) -> int:
-  return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(
-      model.trainable)))
 
 
 def _lmo_report(plan: PrivacyPlan, ledger):

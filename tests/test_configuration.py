@@ -30,9 +30,12 @@ def test_lmo_config_l1_clip_norm_matches_its_noised_coordinates():
   model = model_setup.create(config)
   flat = rgp.flat_params(model.trainable)
   r = config.peft.rgp_rank
-  d = sum(r * sum(x.shape) if p in model.rgp_targets else x.size
+  # Counted by hand: carriers r (in + out) per target kernel, others whole.
+  d = sum(r * (x.shape[0] + x.shape[1]) if p in model.rgp_targets else x.size
           for p, x in flat.items())
   assert d == lmo_minilm.NOISED_COORDINATES
+  assert model_setup.noised_coordinates(model, r) == d
+  assert d < sum(x.size for x in flat.values()) / 10
   assert config.dp.l1_clip_norm == math.sqrt(2 * d / math.pi)
 
 

@@ -75,3 +75,22 @@ def test_rgp_config_errors_name_the_field():
   config.dp_adam_ac.enabled = True
   with pytest.raises(configuration.ConfigError, match='dp_adam_ac.enabled'):
     configuration.validate(config)
+
+
+def test_nonprivate_rgp_run_makes_low_rank_sgd_updates(tmp_path):
+  # Without DP the baseline is RGP itself (no clipping, no noise): with SGD
+  # every target kernel moves by a rank <= 2r matrix per step.
+  config = _rgp_config(steps=1)
+  config.dp.enabled = False
+  config.train.optimizer = 'sgd'
+  config.train.learning_rate = 100.0   # a step far above float32 round-off
+  config.train.ema_decay = 0.0
+  model = model_setup.create(config)
+  out = train.train_and_evaluate(config, str(tmp_path))
+  flat0 = rgp.flat_params(model.trainable)
+  flat1 = rgp.flat_params(jax.device_get(out['state'].trainable))
+  for t in model.rgp_targets:
+    delta = np.asarray(flat1[t]) - np.asarray(flat0[t])
+    s = np.linalg.svd(delta, compute_uv=False)
+    assert s[0] > 1e-3
+    assert np.all(s[2 * config.peft.rgp_rank:] < 1e-4 * s[0]), (t, s)
