@@ -25,7 +25,8 @@ Adam. Every run has the same steps, expected batch, learning rate, seed and
 * lmo_paper_faithful_not_private: the artifact's setting (L2 clip 1,
   unit-scale LMO noise), flagged NOT private; its sound epsilon (at L1
   sensitivity sqrt(d)) is reported.
-* nonprivate: the same trainable set, no clipping or noise.
+* nonprivate: RGP itself without clipping or noise (same steps, batch,
+  learning rate).
 
 Writes experiments/results/mechanism_comparison.{json,md}.
 """
@@ -99,7 +100,8 @@ def summarize(name, out, seconds, d):
   return {
       'run': name,
       'noise': plan.mechanism if plan.enabled else 'none',
-      'calibrated_with': plan.accountant if plan.enabled else None,
+      'calibrated_with': (plan.accountant if plan.calibrated_for_epsilon
+                          else 'not calibrated'),
       'noise_multiplier': plan.noise_multiplier if plan.enabled else 0.0,
       'clip': (f'L{plan.clip_norm_ord} {plan.clip_norm:.4g}' if plan.enabled
                else 'none'),
@@ -213,10 +215,10 @@ def main():
       config = configure(name, base_config(args), d)
       t = time.time()
       out = train.train_and_evaluate(config, os.path.join(root, name))
-      results.append(summarize(name, out, time.time() - t, d))
-      results.sort(key=lambda r: RUNS.index(r['run']))
+      done = summarize(name, out, time.time() - t, d)
+      results = sorted(results + [done], key=lambda r: RUNS.index(r['run']))
       write(results, args)   # keep what is done if a later run fails
-      print(f'== {name}: {results[-1]}', flush=True)
+      print(f'== {name}: {done}', flush=True)
 
 
 if __name__ == '__main__':
