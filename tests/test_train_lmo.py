@@ -132,3 +132,23 @@ def test_lmo_config_errors_name_the_field(field, value, match):
   node[last] = value
   with pytest.raises(configuration.ConfigError, match=match):
     configuration.validate(config)
+
+
+def test_lmo_ledger_survives_a_restart_from_the_checkpoint(tmp_path):
+  # Rerunning a finished run restores state and ledger from the checkpoint:
+  # the mechanism kind and the LMO parameters must come back with it.
+  config = _lmo_config(steps=2)
+  first = train.train_and_evaluate(config, str(tmp_path))
+  again = train.train_and_evaluate(config, str(tmp_path))
+  assert again['ledger'].mechanism == 'lmo'
+  assert again['ledger'].mechanism_params == first['ledger'].mechanism_params
+  assert again['ledger'].phases == first['ledger'].phases
+  rows = {r['accountant']: r['epsilon']
+          for r in again['report']['privacy']['rows']}
+  first_rows = {r['accountant']: r['epsilon']
+                for r in first['report']['privacy']['rows']}
+  assert rows == pytest.approx(first_rows)
+  # Another LMO parameter set is another mechanism: resuming is refused.
+  config.dp.lmo.a4 = 0.5
+  with pytest.raises(configuration.ConfigError, match='privacy'):
+    train.train_and_evaluate(config, str(tmp_path))
