@@ -117,35 +117,21 @@ def plan_privacy(config, dataset_size: int,
   if sigma < 0:
     target = float(dp.target_epsilon)
     accountant = get_accountant(dp.accountant)
-    steps = config.train.steps
-    try:
-      if sizes is not None:
-        sigma = batch_schedule.calibrate_sigma_for_schedule(
-            accountant, target_epsilon=target, delta=dp.delta,
-            rates=[b / dataset_size for b in sizes], neighbouring=neighbouring)
-      elif dp.sampling == 'poisson':
-        sigma = calibration.calibrate_sigma(
-            accountant, target_epsilon=target, delta=dp.delta, q=q,
-            steps=steps, neighbouring=neighbouring)
-      else:
-        # Fixed-size shuffled batches: one full-batch Gaussian per epoch an
-        # example takes part in, at replace-one sensitivity 2C.
-        epochs = math.ceil(steps / max(1, dataset_size // int(batch)))
+    if dp.sampling == 'poisson':
+      sigma = _calibrate(config, accountant, dataset_size, sizes,
+                         neighbouring, 'noise multiplier')
+    else:
+      # Fixed-size shuffled batches: one full-batch Gaussian per epoch an
+      # example takes part in, at replace-one sensitivity 2C.
+      steps = config.train.steps
+      epochs = math.ceil(steps / max(1, dataset_size // int(batch)))
+      try:
         sigma = 2.0 * calibration.calibrate_sigma(
             accountant, target_epsilon=target, delta=dp.delta, q=1.0,
             steps=epochs, neighbouring='add_remove')
-    except ValueError as e:
-      raise configuration.ConfigError(
-          'dp.target_epsilon', f'{target} cannot be reached with '
-          f'{steps} steps at q={q:.4g}, delta={dp.delta} ({e})',
-          'a larger target, fewer steps or a smaller batch') from e
-    if sigma > dp.max_noise_multiplier:
-      raise configuration.ConfigError(
-          'dp.target_epsilon', f'{target} needs noise multiplier '
-          f'{sigma:.4g} > dp.max_noise_multiplier ({dp.max_noise_multiplier}) '
-          f'with {steps} steps at q={q:.4g}, delta={dp.delta}',
-          'a larger target, fewer steps, a smaller batch or a larger '
-          'dp.max_noise_multiplier')
+      except ValueError as e:
+        raise _unreachable(config, q, e) from e
+      _check_max_multiplier(config, sigma, q, 'noise multiplier')
   return PrivacyPlan(True, dp.sampling, neighbouring, dataset_size, batch, q,
                      sigma, float(dp.l2_clip_norm), float(dp.delta),
                      dp.accountant, target, sizes)
@@ -183,31 +169,53 @@ def _plan_lmo(config, dataset_size: int, dim: int | None) -> PrivacyPlan:
   target = None
   if m < 0:
     target = float(dp.target_epsilon)
-    steps = config.train.steps
-    try:
-      if sizes is not None:
-        m = batch_schedule.calibrate_sigma_for_schedule(
-            acc, target_epsilon=target, delta=dp.delta,
-            rates=[b / dataset_size for b in sizes],
-            neighbouring='add_remove')
-      else:
-        m = calibration.calibrate_sigma(
-            acc, target_epsilon=target, delta=dp.delta, q=q, steps=steps,
-            neighbouring='add_remove')
-    except ValueError as e:
-      raise configuration.ConfigError(
-          'dp.target_epsilon', f'{target} cannot be reached with LMO noise '
-          f'{params} over {steps} steps at q={q:.4g}, delta={dp.delta} ({e})',
-          'a larger target, fewer steps or a smaller batch') from e
-    if m > dp.max_noise_multiplier:
-      raise configuration.ConfigError(
-          'dp.target_epsilon', f'{target} needs an LMO noise scale of '
-          f'{m:.4g} x the L1 clip norm > dp.max_noise_multiplier '
-          f'({dp.max_noise_multiplier})', 'a larger target, fewer steps, a '
-          'smaller batch or a larger dp.max_noise_multiplier')
+    m = _calibrate(config, acc, dataset_size, sizes, 'add_remove',
+                   'LMO noise scale / L1 clip norm')
   return PrivacyPlan(noise_multiplier=m, l2_clip_norm=math.inf,
                      calibrated_for_epsilon=target, clip_norm_ord=1,
                      l1_clip_norm=c1, lmo_noise_scale=m * c1, **common)
+
+
+def _calibrate(config, accountant, dataset_size: int, sizes, neighbouring,
+               what: str) -> float:
+  """The smallest multiplier meeting dp.target_epsilon under Poisson
+  sampling (over the batch schedule when there is one)."""
+  dp = config.dp
+  target = float(dp.target_epsilon)
+  q = float(config.train.batch_size) / dataset_size
+  try:
+    if sizes is not None:
+      m = batch_schedule.calibrate_sigma_for_schedule(
+          accountant, target_epsilon=target, delta=dp.delta,
+          rates=[b / dataset_size for b in sizes], neighbouring=neighbouring)
+    else:
+      m = calibration.calibrate_sigma(
+          accountant, target_epsilon=target, delta=dp.delta, q=q,
+          steps=config.train.steps, neighbouring=neighbouring)
+  except ValueError as e:
+    raise _unreachable(config, q, e) from e
+  _check_max_multiplier(config, m, q, what)
+  return m
+
+
+def _unreachable(config, q: float, e: Exception) -> configuration.ConfigError:
+  dp = config.dp
+  return configuration.ConfigError(
+      'dp.target_epsilon', f'{dp.target_epsilon} cannot be reached with '
+      f'{dp.mechanism} noise over {config.train.steps} steps at q={q:.4g}, '
+      f'delta={dp.delta} ({e})', 'a larger target, fewer steps or a smaller '
+      'batch')
+
+
+def _check_max_multiplier(config, m: float, q: float, what: str) -> None:
+  dp = config.dp
+  if m > dp.max_noise_multiplier:
+    raise configuration.ConfigError(
+        'dp.target_epsilon', f'{dp.target_epsilon} needs {what} {m:.4g} > '
+        f'dp.max_noise_multiplier ({dp.max_noise_multiplier}) with '
+        f'{config.train.steps} steps at q={q:.4g}, delta={dp.delta}',
+        'a larger target, fewer steps, a smaller batch or a larger '
+        'dp.max_noise_multiplier')
 
 
 def _lmo_noise_stage(plan: PrivacyPlan, noise_key):

@@ -152,3 +152,12 @@ def test_lmo_ledger_survives_a_restart_from_the_checkpoint(tmp_path):
   config.dp.lmo.a4 = 0.5
   with pytest.raises(configuration.ConfigError, match='privacy'):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_lmo_target_needing_too_much_noise_names_the_field():
+  config = _lmo_config()
+  config.dp.target_epsilon = 0.05
+  config.dp.max_noise_multiplier = 5.0
+  with pytest.raises(configuration.ConfigError,
+                     match=r'dp\.target_epsilon.*LMO noise scale'):
+    train.plan_privacy(config, dataset_size=512)
