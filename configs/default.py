@@ -49,6 +49,8 @@ def get_config():
   config.peft.rgp_extra_trainable = ()
   config.peft.rgp_power_iters = 1
   config.peft.rgp_cross_sign = -1.0    # -1: RGP paper (exact at full rank); +1: EW-Tune's code.
+  config.peft.rgp_extra_grad_scale = 1.0  # Per-example grads of the extra leaves x this before
+                                       # clipping (EW-Tune's code: 0.1 for the head).
 
   # ---- Data ----
   config.data = ml_collections.ConfigDict()

@@ -11,8 +11,9 @@ sigma is the smallest value whose Edgeworth ESTIMATE of epsilon is <= 8 at
 delta = 1e-5: the report shows that estimate and, beside it, the PLD upper
 bound at the same sigma (which is above 8: the estimate is not a guarantee).
 EW-Tune's other choices (RoBERTa, B = 2000, 20 epochs, C = 10, head
-gradients / 10, '+' reconstruction sign) are not reproduced; set
-peft.rgp_cross_sign = +1.0 for its sign. Measured figures:
+gradients / 10, '+' reconstruction sign) are not the defaults here; set
+peft.rgp_extra_grad_scale = 0.1 and peft.rgp_cross_sign = +1.0 for the last
+two. Measured figures:
 experiments/results/mechanism_comparison.md.
 """
 

@@ -75,6 +75,7 @@ def validate(config) -> None:
     _number(config, 'peft.rgp_rank', 1, integer=True)
     _number(config, 'peft.rgp_power_iters', 1, integer=True)
     _choice(config, 'peft.rgp_cross_sign', (-1.0, 1.0))
+    _number(config, 'peft.rgp_extra_grad_scale', 0, lo_open=True)
     _check(not _get(config, 'dp_adam_ac.enabled'), 'dp_adam_ac.enabled',
            True, "False with peft.mode='rgp' (adaptive clipping is not "
            'implemented in carrier space)')

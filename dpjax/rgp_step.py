@@ -105,7 +105,8 @@ def carrier_clipped_sum(loss_fn: Callable[..., jax.Array], trainable: PyTree,
                         frozen: PyTree, bases: rgp.Bases,
                         batch: dict[str, jax.Array], mask: jax.Array,
                         keys: jax.Array, *, l2_clip_norm: float | jax.Array,
-                        microbatch_size: int, clip_norm_ord: int = 2
+                        microbatch_size: int, clip_norm_ord: int = 2,
+                        extra_grad_scale: float = 1.0
                         ) -> tuple[PyTree, clipping.ClipStats, jax.Array]:
   """The clipped sum that RGP privatizes, in carrier space.
 
@@ -126,7 +127,15 @@ def carrier_clipped_sum(loss_fn: Callable[..., jax.Array], trainable: PyTree,
   def rebuild(c):
     def fn(path, x):
       p = rgp.path_str(path)
-      return c['other'][p] if p in c['other'] else x
+      if p not in c['other']:
+        return x
+      v = c['other'][p]
+      if extra_grad_scale == 1.0:
+        return v
+      # Same value, gradient times extra_grad_scale (EW-Tune divides the
+      # head's per-example gradients by 10 before clipping).
+      return jax.lax.stop_gradient(v) + extra_grad_scale * (
+          v - jax.lax.stop_gradient(v))
     return rgp.merge(jax.tree_util.tree_map_with_path(fn, trainable), bases,
                      c['carriers'])
 
@@ -142,7 +151,9 @@ def make_rgp_train_step(loss_fn: Callable[..., jax.Array],
                         l2_clip_norm: float, microbatch_size: int,
                         key: jax.Array, power_iters: int = 1,
                         cross_sign: float = -1.0,
-                        clip_norm_ord: int = 2) -> Callable[..., tuple]:
+                        clip_norm_ord: int = 2,
+                        extra_grad_scale: float = 1.0
+                        ) -> Callable[..., tuple]:
   """`step(state, frozen, batch, mask, dropout_key) -> (state, metrics)`.
 
   Args:
@@ -166,6 +177,10 @@ def make_rgp_train_step(loss_fn: Callable[..., jax.Array],
       RGP paper, exact at full rank; +1: EW-Tune's code).
     clip_norm_ord: 2 (joint L2 clipping, Gaussian noise) or 1 (joint L1
       clipping in carrier space, for LMO noise).
+    extra_grad_scale: per-example gradients of the non-target trainable
+      leaves are multiplied by this before clipping (EW-Tune: 0.1 for the
+      classification head). Any value keeps the sensitivity: clipping comes
+      after it.
 
   The caller jits the returned function (with donation of `state`).
   """
@@ -188,6 +203,10 @@ def make_rgp_train_step(loss_fn: Callable[..., jax.Array],
           jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
     raise TypeError('make_rgp_train_step needs a typed PRNG key from '
                     'jax.random.key().')
+  if not (isinstance(extra_grad_scale, (int, float)) and
+          extra_grad_scale > 0):
+    raise ValueError(f'extra_grad_scale must be > 0, got '
+                     f'{extra_grad_scale!r}.')
   if cross_sign not in (-1.0, 1.0):
     raise ValueError(f'cross_sign must be -1 or +1, got {cross_sign!r}.')
   cross_sign = float(cross_sign)
@@ -200,7 +219,7 @@ def make_rgp_train_step(loss_fn: Callable[..., jax.Array],
     total, stats, _ = carrier_clipped_sum(
         loss_fn, trainable, frozen, bases, batch, mask, keys,
         l2_clip_norm=l2_clip_norm, microbatch_size=microbatch_size,
-        clip_norm_ord=clip_norm_ord)
+        clip_norm_ord=clip_norm_ord, extra_grad_scale=extra_grad_scale)
 
     opt_state = state.opt_state
     noised, noise_state = stages.noise.update(total, opt_state[1])

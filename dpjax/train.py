@@ -497,7 +497,8 @@ def _make_step(config, model, stages, plan: PrivacyPlan, clip_norm_fn,
         microbatch_size=config.train.microbatch_size, key=rgp_key,
         power_iters=config.peft.rgp_power_iters,
         cross_sign=float(config.peft.rgp_cross_sign),
-        clip_norm_ord=plan.clip_norm_ord)
+        clip_norm_ord=plan.clip_norm_ord,
+        extra_grad_scale=float(config.peft.rgp_extra_grad_scale))
   return steps_lib.make_train_step(
       model.loss_fn, optimizers.post_clip(stages),
       l2_clip_norm=stages_clip(plan),

@@ -318,3 +318,35 @@ def test_argument_checks():
                                  key=jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match='cross_sign'):
     _rgp(st, cross_sign=0.5)
+
+
+def test_extra_grad_scale_scales_only_the_extra_leaves_before_clipping():
+  # EW-Tune divides the head's per-example gradients by 10 before clipping.
+  trainable, frozen = _split()
+  batch, mask = _batch()
+  stages = _stages(optimizer='sgd', lr=1.0)
+
+  def run(scale, clip=1e6):
+    step = rgp_step.make_rgp_train_step(
+        _loss, stages, targets=TARGETS, rank=2, l2_clip_norm=clip,
+        microbatch_size=4, key=jax.random.key(7), extra_grad_scale=scale)
+    new, m = jax.jit(step)(_state(trainable, stages), frozen, batch, mask,
+                           jax.random.key(0))
+    return (rgp.flat_params(jax.tree.map(jnp.subtract, new.trainable,
+                                         trainable)), m)
+
+  d1, _ = run(1.0)
+  d01, _ = run(0.1)
+  for p in d1:
+    if p.startswith('head'):
+      np.testing.assert_allclose(d01[p], 0.1 * d1[p], rtol=1e-5, atol=1e-7)
+    else:
+      np.testing.assert_allclose(d01[p], d1[p], rtol=1e-5, atol=1e-7)
+  # Scaled before clipping: the joint norm is smaller, fewer are clipped.
+  _, m1 = run(1.0, clip=0.5)
+  _, m01 = run(0.1, clip=0.5)
+  assert float(m01['mean_grad_norm']) < float(m1['mean_grad_norm'])
+  with pytest.raises(ValueError, match='extra_grad_scale'):
+    rgp_step.make_rgp_train_step(
+        _loss, stages, targets=TARGETS, rank=2, l2_clip_norm=1.0,
+        microbatch_size=4, key=jax.random.key(7), extra_grad_scale=0.0)
