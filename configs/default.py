@@ -15,7 +15,7 @@ def get_config():
   # ---- Model ----
   config.model = ml_collections.ConfigDict()
   config.model.family = 'llama'        # llama | qwen2 | bitnet | gpt2 | bert | roberta
-  config.model.init = 'random'         # random | hf (local folder) | gguf (local file)
+  config.model.init = 'random'         # random (decoders; fields below, in Llama's names) | hf | gguf
   config.model.path = ''               # Folder (hf) or file (gguf); '' for random.
   config.model.vocab_size = 258        # Random init only (pretrained: from the file).
   config.model.hidden_size = 64

