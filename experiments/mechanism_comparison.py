@@ -91,7 +91,7 @@ def configure(name, config, d):
   return config
 
 
-def summarize(name, out, seconds, d):
+def summarize(name, out, seconds, d, seed=0):
   rows = (out['report']['privacy'] or {}).get('rows', [])
   eps = {r['accountant']: r['epsilon'] for r in rows}
   sound = eps.get('lmo_sound', eps.get('pld', math.inf))
@@ -99,6 +99,7 @@ def summarize(name, out, seconds, d):
   final = out['final']
   return {
       'run': name,
+      'seed': seed,
       'noise': plan.mechanism if plan.enabled else 'none',
       'calibrated_with': (plan.accountant if plan.calibrated_for_epsilon
                           else 'not calibrated'),
@@ -135,27 +136,46 @@ def write(results, args):
       '(PLD for Gaussian noise, the sound LMO accounting for LMO noise) for '
       'the mechanism that ran.',
       '',
-      '| run | noise | calibrated with | multiplier | clip | sound ε | other ε | '
-      'formally private | acc. before | acc. after | acc. EMA | loss after | '
-      'seconds |',
-      '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+      '| run | seed | noise | calibrated with | multiplier | clip | sound ε | '
+      'other ε | formally private | acc. before | acc. after | acc. EMA | '
+      'loss after | seconds |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   for r in results:
     other = ', '.join(f'{k} {v:.3g}' for k, v in r['epsilon_rows'].items()
                       if isinstance(v, float) and not math.isnan(v))
     lines.append(
-        f"| {r['run']} | {r['noise']} | {r['calibrated_with']} | "
+        f"| {r['run']} | {r.get('seed', 0)} | {r['noise']} | "
+        f"{r['calibrated_with']} | "
         f"{r['noise_multiplier']:.4g} | {r['clip']} | "
         f"{r['sound_epsilon']:.4g} | {other} | {r['formally_private']} | "
         f"{r['accuracy_initial']:.3f} | {r['accuracy']:.3f} | "
         f"{r['accuracy_ema']:.3f} | {r['loss']:.4f} | {r['seconds']:.0f} |")
+  seeds = sorted({r.get('seed', 0) for r in results})
+  if len(seeds) > 1:
+    lines += ['', f'Mean over seeds (each seed draws its own passages, head '
+              f'init, batches and noise):', '',
+              '| run | seeds | sound ε (mean) | acc. before | acc. after | '
+              'acc. EMA | min–max after |', '|---|---|---|---|---|---|---|']
+    for name in RUNS:
+      rs = [r for r in results if r['run'] == name]
+      if not rs:
+        continue
+      acc = [r['accuracy'] for r in rs]
+      lines.append(
+          f"| {name} | {len(rs)} | "
+          f"{np.mean([r['sound_epsilon'] for r in rs]):.4g} | "
+          f"{np.mean([r['accuracy_initial'] for r in rs]):.3f} | "
+          f"{np.mean(acc):.3f} | "
+          f"{np.mean([r['accuracy_ema'] for r in rs]):.3f} | "
+          f"{min(acc):.3f}–{max(acc):.3f} |")
   n = args.eval_records
   lines += [
       '',
       f'Accuracy on {n} held-out passages has a standard error of about '
       f'{math.sqrt(0.25 / n):.3f}, so differences below ~'
-      f'{2 * math.sqrt(2 * 0.25 / n):.2f} between runs are within noise. '
-      'One seed per run.',
+      f'{2 * math.sqrt(2 * 0.25 / n):.2f} between single runs are within '
+      'noise.',
   ]
   by = {r['run']: r for r in results}
   if 'gaussian_edgeworth' in by:
@@ -194,6 +214,7 @@ def main():
   ap.add_argument('--lr', type=float, default=1e-3)
   ap.add_argument('--eval_records', type=int, default=256)
   ap.add_argument('--runs', default='all')
+  ap.add_argument('--seeds', default='0')
   ap.add_argument('--write_only', action='store_true',
                   help='rewrite the .md from the saved .json, run nothing')
   args = ap.parse_args()
@@ -203,22 +224,28 @@ def main():
     write(saved['results'], argparse.Namespace(**saved['args']))
     return
   names = RUNS if args.runs == 'all' else tuple(args.runs.split(','))
+  seeds = [int(x) for x in args.seeds.split(',')]
   d = noised_coordinates(base_config(args))
-  # Keep earlier runs of other names (run a subset with --runs to redo it).
+  # Keep earlier (run, seed) results not redone now.
   results = []
   path = os.path.join(RESULTS, 'mechanism_comparison.json')
-  if args.runs != 'all' and os.path.exists(path):
+  if os.path.exists(path):
     with open(path) as f:
-      results = [r for r in json.load(f)['results'] if r['run'] not in names]
+      results = [r for r in json.load(f)['results']
+                 if not (r['run'] in names and r.get('seed', 0) in seeds)]
+  order = lambda r: (RUNS.index(r['run']), r.get('seed', 0))
   with tempfile.TemporaryDirectory() as root:
-    for name in names:
-      config = configure(name, base_config(args), d)
-      t = time.time()
-      out = train.train_and_evaluate(config, os.path.join(root, name))
-      done = summarize(name, out, time.time() - t, d)
-      results = sorted(results + [done], key=lambda r: RUNS.index(r['run']))
-      write(results, args)   # keep what is done if a later run fails
-      print(f'== {name}: {done}', flush=True)
+    for seed in seeds:
+      for name in names:
+        config = configure(name, base_config(args), d)
+        config.seed = seed
+        t = time.time()
+        out = train.train_and_evaluate(
+            config, os.path.join(root, f'{name}_{seed}'))
+        done = summarize(name, out, time.time() - t, d, seed)
+        results = sorted(results + [done], key=order)
+        write(results, args)   # keep what is done if a later run fails
+        print(f'== {name} seed {seed}: {done}', flush=True)
 
 
 if __name__ == '__main__':
