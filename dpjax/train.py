@@ -67,11 +67,16 @@ class PrivacyPlan:
     """The clip norm the step applies (L1 for LMO with L1 clipping)."""
     return self.l1_clip_norm if self.clip_norm_ord == 1 else self.l2_clip_norm
 
+  def lmo(self):
+    """The LMO noise parameters (`dpjax.accounting.lmo.LMOParams`)."""
+    from dpjax.accounting import lmo  # pylint: disable=g-import-not-at-top
+    return lmo.LMOParams(**dict(self.lmo_params))
+
   def accountant_obj(self):
     """The accountant that bounds this run's epsilon so far."""
     if self.mechanism == 'lmo':
       from dpjax.accounting import lmo  # pylint: disable=g-import-not-at-top
-      return lmo.LMOAccountant(lmo.LMOParams(**dict(self.lmo_params)))
+      return lmo.LMOAccountant(self.lmo())
     return get_accountant(self.accountant)
 
   def batch_size_at(self, step: int) -> float:
@@ -220,8 +225,7 @@ def _check_max_multiplier(config, m: float, q: float, what: str) -> None:
 
 def _lmo_noise_stage(plan: PrivacyPlan, noise_key):
   from dpjax import lmo_noise  # pylint: disable=g-import-not-at-top
-  from dpjax.accounting import lmo  # pylint: disable=g-import-not-at-top
-  return lmo_noise.lmo_noise(lmo.LMOParams(**dict(plan.lmo_params)),
+  return lmo_noise.lmo_noise(plan.lmo(),
                              l1_sensitivity=plan.lmo_noise_scale,
                              key=noise_key)
 
@@ -519,10 +523,9 @@ def _lmo_report(plan: PrivacyPlan, ledger):
   if plan.lmo_paper_faithful_not_private:
     # The paper's figure assumes L1 sensitivity 1 in noise units.
     phases = [dataclasses.replace(p, l1_sensitivity=1.0) for p in phases]
-  rows = [r for r in lmo.lmo_report_rows(phases, plan.delta)
-          if r['accountant'] == 'lmo_paper_faithful_not_private']
-  for r in rows:
-    r['basis'] = 'paper heuristic (Gaussian with the same per-step eps)'
+  row = lmo.paper_faithful_row(phases, plan.delta)
+  rows = [dict(row, basis='paper heuristic (Gaussian with the same per-step '
+               'eps)')] if row else []
   notes = {
       'noise': 'LMO: Laplace(0, scale / eps\') per coordinate, eps\' = a1 '
                'Gamma(k, theta) + a3 Exp(rate lam) + a4 U[u_a, u_b]',

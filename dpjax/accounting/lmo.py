@@ -713,19 +713,29 @@ def lmo_report_rows(phases: Sequence[LMOPhase], delta: float, *,
            'details': {k: v for k, v in det.items() if k != 'epsilon'} |
                       {'neighbouring': 'add_remove',
                        'phases': [p.to_dict() for p in phases]}}]
-  if len({(p.params, p.q) for p in phases if p.count}) == 1:
-    ph = next(p for p in phases if p.count)
-    steps = sum(p.count for p in phases)
-    # The artifact's per-step eps of the mechanism as it ran: at relative
-    # L1 sensitivity r the mechanism equals the params scaled by r at 1.
-    e0 = eps0 if eps0 is not None else (
-        epsilon_per_step_paper_faithful_not_private(
-            ph.params.scaled(ph.l1_sensitivity), delta)[0])
-    e = epsilon_paper_faithful_not_private(e0, q=float(ph.q), steps=steps,
-                                           delta=delta)
-    rows.append({'accountant': 'lmo_paper_faithful_not_private',
-                 'epsilon': e, 'delta': delta,
-                 'kind': 'paper heuristic, not a guarantee',
-                 'details': {'eps0': e0, 'sigma0': gaussian_sigma_paper_faithful(
-                     e0, delta), 'assumes_l1_sensitivity': 1.0}})
-  return rows
+  faithful = paper_faithful_row(phases, delta, eps0=eps0)
+  return rows + ([faithful] if faithful else [])
+
+
+def paper_faithful_row(phases: Sequence[LMOPhase], delta: float, *,
+                       eps0: float | None = None) -> dict[str, Any] | None:
+  """The paper's "overall eps" as a report row labelled not a guarantee, or
+  None when the phases do not share one (params, q) (the paper's pipeline
+  has no notion of a schedule). Arguments as in `lmo_report_rows`."""
+  phases = [p for p in phases if p.count]
+  if len({(p.params, p.q) for p in phases}) != 1:
+    return None
+  ph = phases[0]
+  steps = sum(p.count for p in phases)
+  # The artifact's per-step eps of the mechanism as it ran: at relative
+  # L1 sensitivity r the mechanism equals the params scaled by r at 1.
+  e0 = eps0 if eps0 is not None else (
+      epsilon_per_step_paper_faithful_not_private(
+          ph.params.scaled(ph.l1_sensitivity), delta)[0])
+  e = epsilon_paper_faithful_not_private(e0, q=float(ph.q), steps=steps,
+                                         delta=delta)
+  return {'accountant': 'lmo_paper_faithful_not_private', 'epsilon': e,
+          'delta': delta, 'kind': 'paper heuristic, not a guarantee',
+          'details': {'eps0': e0,
+                      'sigma0': gaussian_sigma_paper_faithful(e0, delta),
+                      'assumes_l1_sensitivity': 1.0}}
