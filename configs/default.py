@@ -10,7 +10,10 @@ import ml_collections
 
 def get_config():
   config = ml_collections.ConfigDict()
-  config.seed = 0                      # Seeds init, sampling, noise, dropout.
+  # Seeds PUBLIC choices only: initialisation, LoRA init, RGP bases, data splits, evaluation
+  # order. The secret randomness (noise, Poisson sampling, dropout) comes from OS entropy
+  # unless dp.insecure_fixed_randomness_seed is set.
+  config.seed = 0
 
   # ---- Model ----
   config.model = ml_collections.ConfigDict()
@@ -90,6 +93,15 @@ def get_config():
   # The artifact's setting: L2 clip to l2_clip_norm, unit-scale LMO noise, its per-step eps
   # taken as the guarantee. NOT differentially private as claimed; the report says so.
   config.dp.lmo_paper_faithful_not_private = False
+  # Research mode: -1 (default) draws the secret randomness (noise, sampling, dropout) from
+  # 256 bits of OS entropy. An integer >= 0 derives it from this public seed instead: runs
+  # reproduce bit for bit, but the guarantee then holds only against parties who do not
+  # know the seed (every output says so).
+  config.dp.insecure_fixed_randomness_seed = -1
+  # Secret state at rest (noise keys, sampler state) lives in workdir/secret/ (owner-only),
+  # never in the checkpoint, metrics or report. False: deleted when the run completes
+  # (resume of a finished run then re-reports and exports without it). True: kept.
+  config.dp.keep_secret_state = False
 
   # ---- DP-Adam-AC (Yang 2025): adaptive clipping + clip-driven LR ----
   config.dp_adam_ac = ml_collections.ConfigDict()
@@ -119,6 +131,9 @@ def get_config():
   config.train.batch_schedule_start = 0.0   # linear_ramp: B at step 1 (ramps to batch_size).
   config.train.batch_schedule_ramp_steps = 0  # linear_ramp: ramp length (0: all steps).
   config.train.microbatch_size = 8     # Per-example gradients computed m at a time.
+  # True skips micro-batches that are all padding: faster, but the step time then reveals
+  # the realised batch size (a timing channel that epsilon does not cover).
+  config.train.skip_padding_microbatches = False
   config.train.optimizer = 'adamw'     # adamw | adam | sgd
   config.train.learning_rate = 1e-3
   config.train.warmup_steps = 0

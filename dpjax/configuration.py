@@ -123,7 +123,15 @@ def validate(config) -> None:
   for name in _get(config, 'dp.report_accountants'):
     _check(name in ('pld', 'rdp', 'edgeworth'), 'dp.report_accountants',
            name, "names among 'pld', 'rdp', 'edgeworth'")
+  if dp and _get(config, 'dp.mechanism') == 'gaussian':
+    names = tuple(_get(config, 'dp.report_accountants'))
+    _check(bool({'pld', 'rdp'} & set(names)), 'dp.report_accountants', names,
+           "a list including 'pld' or 'rdp' (an upper bound; an estimate "
+           'such as edgeworth is never reported alone)')
   _choice(config, 'dp.sampling', ('poisson', 'shuffle'))
+  _number(config, 'dp.insecure_fixed_randomness_seed', -1, integer=True)
+  v = _get(config, 'dp.keep_secret_state')
+  _check(isinstance(v, bool), 'dp.keep_secret_state', v, 'True or False')
   mech = _choice(config, 'dp.mechanism', ('gaussian', 'lmo'))
   if mech == 'lmo' and dp:
     _validate_lmo(config)
@@ -171,6 +179,9 @@ def validate(config) -> None:
   _number(config, 'train.weight_decay', 0)
   _number(config, 'train.momentum', 0, 1, hi_open=True)
   _number(config, 'train.ema_decay', 0, 1, hi_open=True)
+  v = _get(config, 'train.skip_padding_microbatches')
+  _check(isinstance(v, bool), 'train.skip_padding_microbatches', v,
+         'True or False')
   v = _get(config, 'train.log_nonprivate_stats')
   _check(isinstance(v, bool), 'train.log_nonprivate_stats', v, 'True or False')
   for f in ('log_every', 'eval_every', 'checkpoint_every'):

@@ -1,7 +1,10 @@
 """The end-of-run privacy report (JSON and readable text), from the ledger.
 
 Every epsilon in it names its accountant, delta, sampling scheme and
-neighbouring relation, and is labelled 'upper bound' or 'estimate'.
+neighbouring relation, and is labelled 'upper bound' or 'estimate'; a report
+with no upper bound is refused. It states where the secret randomness came
+from (an insecure fixed seed is said in its first lines), what else the run
+releases, and its threat model: what epsilon covers and what it does not.
 """
 
 from __future__ import annotations
@@ -11,17 +14,159 @@ import json
 import os
 from typing import Any
 
+from dpjax import configuration
 from dpjax.accounting import report as acc_report
+
+
+RANDOMNESS_SOURCES = ('os_entropy', 'insecure_fixed_seed')
+CANARY_LABEL = ('empirical, NOT covered by epsilon: computed from the trained '
+                'weights and the private canary records')
+
+
+def _check_randomness(randomness: dict[str, Any] | None) -> None:
+  if randomness is None:
+    return
+  source = randomness.get('source')
+  if source not in RANDOMNESS_SOURCES:
+    raise ValueError(f"randomness['source'] must be one of "
+                     f'{RANDOMNESS_SOURCES}, got {source!r}.')
+  seed = randomness.get('insecure_fixed_randomness_seed')
+  if source == 'insecure_fixed_seed' and not (
+      isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+    raise ValueError("randomness['insecure_fixed_randomness_seed'] must be "
+                     "an integer >= 0 when source is 'insecure_fixed_seed', "
+                     f'got {seed!r}.')
+
+
+def insecure_seed_warning(seed: int) -> str:
+  """The first line of every report of a run on an insecure fixed seed."""
+  return (f'INSECURE FIXED RANDOMNESS: dp.insecure_fixed_randomness_seed='
+          f'{seed}. The noise, sampling and dropout were derived from this '
+          'seed, so the guarantee holds ONLY against parties who do not know '
+          'that seed; anyone who has the config can remove the noise.')
+
+
+def _overflow_probability(plan, sampler) -> float | None:
+  """P(a Poisson draw exceeds max_batch_size) at the largest q_t (public)."""
+  if plan.sampling != 'poisson' or not hasattr(sampler, 'max_batch_size'):
+    return None
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  sizes = plan.batch_schedule or (plan.expected_batch_size,)
+  q = min(1.0, max(sizes) / plan.dataset_size)
+  return float(stats.binom.sf(sampler.max_batch_size, plan.dataset_size, q))
+
+
+def threat_model(plan, *, randomness: dict[str, Any] | None = None,
+                 skip_padding_microbatches: bool = False,
+                 overflow_probability: float | None = None
+                 ) -> dict[str, Any]:
+  """What epsilon covers and what it does not, for this run.
+
+  Args:
+    plan: the run's PrivacyPlan (public parameters).
+    randomness: as `build_report` takes it.
+    skip_padding_microbatches: config.train.skip_padding_microbatches.
+    overflow_probability: the public per-step probability of a Poisson
+      overflow, or None.
+
+  Returns:
+    {'covers': str, 'does_not_cover': list of str}.
+  """
+  source = (randomness or {}).get('source')
+  secret_state = (randomness or {}).get('secret_state', 'not stated')
+  covers = (
+      'epsilon (the upper-bound rows, at delta) bounds what the released '
+      'outputs reveal about any one record (the unit named above): the '
+      'trained weights (checkpoints and exports), metrics.jsonl, the progress '
+      'lines, the plot and this report, against an adversary who knows the '
+      'code, the config and all other training records, but not the secret '
+      'randomness (the noise, Poisson sampling and dropout keys).')
+  if not plan.enabled:
+    covers = 'Nothing: this run is not private (epsilon = infinity).'
+  gaps = []
+  timing = ('Timing side channels: the step time and its pattern are not '
+            'covered.')
+  if plan.sampling == 'poisson':
+    p = ('' if overflow_probability is None else
+         f' (public probability per step: {overflow_probability:.3g})')
+    timing += (' A Poisson draw larger than train.max_batch_size runs a '
+               'second fixed-shape chunk and recompiles the step once, which '
+               f'shows in the step time{p}.')
+  if skip_padding_microbatches:
+    timing += (' train.skip_padding_microbatches=True: micro-batches of '
+               'padding are skipped, so the step time reveals the realised '
+               '(secret) batch size.')
+  gaps.append(timing)
+  gaps += [
+      'Floating-point attacks on the noise sampler: the noise is drawn in '
+      'finite precision, not from the exact distribution accounted.',
+      'The secret state at rest in workdir/secret/ (noise and sampling keys, '
+      'sampler state): whoever reads it can remove the noise. This run: '
+      f'{secret_state}.',
+      'Several runs on the same data (including hyper-parameter searches): '
+      'their epsilons compose; this report covers one run.',
+      'Held-out evaluation data is treated as public: held-out losses and '
+      'accuracies are released without noise.',
+      f'The dataset size N = {plan.dataset_size} (after packing and '
+      'filtering) sets q and sigma and is printed, so it is treated as '
+      'public.',
+      'Canary exposure and any statistic of private batches logged with '
+      'train.log_nonprivate_stats=True are computed with private data and '
+      'released without noise.',
+  ]
+  seed = ('The insecure fixed seed mode (dp.insecure_fixed_randomness_seed '
+          '>= 0): the guarantee then holds only against parties who do not '
+          'know the seed.')
+  if source == 'insecure_fixed_seed':
+    seed += ' THIS RUN USES IT.'
+  elif source == 'os_entropy':
+    seed += ' This run drew its randomness from OS entropy.'
+  gaps.append(seed)
+  return {'covers': covers, 'does_not_cover': gaps}
 
 
 def build_report(plan, ledger, sampler, final: dict[str, Any],
                  accountants=('pld', 'rdp', 'edgeworth'),
-                 extra_rows=None, mechanism_notes=None) -> dict[str, Any]:
-  """The report as a dict (what `report.json` holds)."""
+                 extra_rows=None, mechanism_notes=None, *,
+                 randomness: dict[str, Any] | None = None,
+                 skip_padding_microbatches: bool = False) -> dict[str, Any]:
+  """The report as a dict (what `privacy_report.json` holds).
+
+  Args:
+    plan: the run's PrivacyPlan.
+    ledger: the run's PrivacyLedger.
+    sampler: the run's sampler (only its public max_batch_size is read).
+    final: held-out evaluation; a 'canary_exposure' list in it is labelled
+      empirical and not covered by epsilon.
+    accountants: names or accountant objects; at least one upper bound.
+    extra_rows: rows added verbatim to the privacy table.
+    mechanism_notes: dict; formally_private=False puts its 'warning' first.
+    randomness: {'source': 'os_entropy' | 'insecure_fixed_seed',
+      'insecure_fixed_randomness_seed': int or None, 'secret_state': str}.
+    skip_padding_microbatches: config.train.skip_padding_microbatches (a
+      timing channel the threat model names).
+
+  Returns:
+    The report dict.
+
+  Raises:
+    ConfigError: naming dp.report_accountants when no accountant gives an
+      upper bound (an estimate is never reported alone).
+    ValueError: a malformed `randomness`.
+  """
+  _check_randomness(randomness)
   lmo = getattr(plan, 'mechanism', 'gaussian') == 'lmo'
   clip_ord = getattr(plan, 'clip_norm_ord', 2)
+  overflow_p = _overflow_probability(plan, sampler)
+  insecure = (randomness or {}).get('source') == 'insecure_fixed_seed'
   out: dict[str, Any] = {
+      'insecure_fixed_randomness': (
+          {'seed': randomness['insecure_fixed_randomness_seed'],
+           'warning': insecure_seed_warning(
+               randomness['insecure_fixed_randomness_seed'])}
+          if insecure else None),
       'private': plan.enabled,
+      'randomness': dict(randomness) if randomness else None,
       'mechanism': {
           'noise': (('lmo' if lmo else 'gaussian') if plan.enabled
                     else 'none'),
@@ -41,26 +186,47 @@ def build_report(plan, ledger, sampler, final: dict[str, Any],
           'unit': ledger.unit,
           'calibrated_for_epsilon': plan.calibrated_for_epsilon,
           'calibration_accountant': plan.accountant,
-          'poisson_overflow_draws': getattr(sampler, 'overflows', 0),
       },
       'delta': plan.delta,
-      'evaluation': final,
+      'evaluation': dict(final),
+      'threat_model': threat_model(
+          plan, randomness=randomness,
+          skip_padding_microbatches=skip_padding_microbatches,
+          overflow_probability=overflow_p),
       'notes': [
           'Training-loss, batch-size and clip-fraction statistics are '
           'computed on private batches and are NOT privatized: they are '
           'logged only with train.log_nonprivate_stats=True, and are then '
           'not covered by epsilon.',
+          f'The dataset size N = {plan.dataset_size} (after packing and '
+          'filtering) sets q and sigma and is printed here, so it is treated '
+          'as public. Make it public by fixing N from public information '
+          '(e.g. data.max_train_records below the true count, or padding or '
+          'trimming to a publicly known N), or account under replace-one.',
       ],
   }
+  if overflow_p is not None:
+    out['mechanism']['poisson_overflow_probability_per_step'] = overflow_p
+  if 'canary_exposure' in final:
+    out['evaluation']['canary_exposure_label'] = CANARY_LABEL
+    out['notes'].append('Canary exposure is ' + CANARY_LABEL + '.')
   if mechanism_notes:
     out['mechanism_notes'] = mechanism_notes
+    if 'raw' in str(mechanism_notes.get('adaptive_clipping', '')):
+      out['notes'].append('The logged clip_norm follows a percentile of raw '
+                          'per-example gradient norms: it is NOT privatized.')
     if mechanism_notes.get('formally_private') is False:
       out['formally_private'] = False
       out['notes'].insert(0, mechanism_notes.get('warning', 'NOT PRIVATE'))
   if plan.enabled:
-    out['privacy'] = acc_report.privacy_report(
-        ledger, plan.delta, accountants=tuple(accountants),
-        extra_rows=extra_rows or ())
+    try:
+      out['privacy'] = acc_report.privacy_report(
+          ledger, plan.delta, accountants=tuple(accountants),
+          extra_rows=extra_rows or ())
+    except acc_report.NoUpperBoundError as e:
+      raise configuration.ConfigError(
+          'dp.report_accountants', f'{tuple(accountants)!r} gives no upper '
+          f'bound on epsilon ({e})', "a list including 'pld' or 'rdp'") from e
   else:
     out['privacy'] = None
     out['notes'].append('Non-private run: no privacy guarantee (epsilon = '
@@ -69,34 +235,65 @@ def build_report(plan, ledger, sampler, final: dict[str, Any],
 
 
 def format_text(report: dict[str, Any]) -> str:
+  """The readable report (`privacy_report.txt`)."""
   m = report['mechanism']
-  lines = ['dpjax privacy report', '=' * 20]
+  lines = []
+  insecure = report.get('insecure_fixed_randomness')
+  if insecure:
+    lines += ['*** ' + insecure['warning'] + ' ***', '']
+  lines += ['dpjax privacy report', '=' * 20]
   if report.get('formally_private') is False:
     lines += ['*** ' + report['notes'][0] + ' ***', '']
   if report['private']:
     lines.append(acc_report.format_report(report['privacy']))
   else:
     lines.append('NON-PRIVATE RUN: epsilon = infinity (no guarantee).')
+  rnd = report.get('randomness')
+  lines += ['', 'Secret randomness (noise, sampling, dropout):']
+  if rnd:
+    source = {'os_entropy': '256 bits of OS entropy',
+              'insecure_fixed_seed': 'INSECURE fixed seed '
+              f"{rnd.get('insecure_fixed_randomness_seed')}"}[rnd['source']]
+    lines += [f'  source: {source}',
+              f"  secret state: {rnd.get('secret_state', 'not stated')}"]
+  else:
+    lines.append('  not stated by the caller')
   lines += ['', 'Mechanism:'] + [f'  {k}: {v}' for k, v in m.items()]
   for k, v in report.get('mechanism_notes', {}).items():
     lines.append(f'  {k}: {v}')
   lines += ['', 'Held-out evaluation (loss in nats per token or example):']
-  for k, v in report['evaluation'].items():
+  ev = report['evaluation']
+  for k, v in ev.items():
+    if k == 'canary_exposure_label':
+      continue
     if isinstance(v, list):
-      lines.append(f'  {k} (empirical, not a guarantee):')
+      label = (ev.get('canary_exposure_label', CANARY_LABEL)
+               if k == 'canary_exposure' else 'empirical, not a guarantee')
+      lines.append(f'  {k} ({label}):')
       lines += [f'    {item}' for item in v]
     else:
       lines.append(f'  {k}: {v}')
+  tm = report.get('threat_model')
+  if tm:
+    lines += ['', 'Threat model:', '  epsilon covers: ' + tm['covers'],
+              '  epsilon does NOT cover:']
+    lines += [f'    - {g}' for g in tm['does_not_cover']]
   lines += [''] + [f'Note: {n}' for n in report['notes']]
   return '\n'.join(lines) + '\n'
 
 
 def write_report(workdir: str, plan, ledger, sampler, final,
                  accountants=('pld', 'rdp', 'edgeworth'),
-                 extra_rows=None, mechanism_notes=None) -> dict[str, Any]:
-  """Writes `privacy_report.json` and `privacy_report.txt`; returns the dict."""
+                 extra_rows=None, mechanism_notes=None, *,
+                 randomness: dict[str, Any] | None = None,
+                 skip_padding_microbatches: bool = False) -> dict[str, Any]:
+  """Writes `privacy_report.json` and `privacy_report.txt`; returns the dict.
+
+  Arguments as in `build_report`.
+  """
   report = build_report(plan, ledger, sampler, final, accountants, extra_rows,
-                        mechanism_notes)
+                        mechanism_notes, randomness=randomness,
+                        skip_padding_microbatches=skip_padding_microbatches)
   _atomic_write(os.path.join(workdir, 'privacy_report.json'),
                 json.dumps(report, indent=2, default=_default))
   text = format_text(report)

@@ -106,7 +106,8 @@ def carrier_clipped_sum(loss_fn: Callable[..., jax.Array], trainable: PyTree,
                         batch: dict[str, jax.Array], mask: jax.Array,
                         keys: jax.Array, *, l2_clip_norm: float | jax.Array,
                         microbatch_size: int, clip_norm_ord: int = 2,
-                        extra_grad_scale: float = 1.0
+                        extra_grad_scale: float = 1.0,
+                        skip_padding_microbatches: bool = False
                         ) -> tuple[PyTree, clipping.ClipStats, jax.Array]:
   """The clipped sum that RGP privatizes, in carrier space.
 
@@ -142,7 +143,8 @@ def carrier_clipped_sum(loss_fn: Callable[..., jax.Array], trainable: PyTree,
   record_loss = lambda c, ex, k: loss_fn(rebuild(c), frozen, ex, k)
   return clipping.microbatched_clipped_sum(
       record_loss, diff, batch, mask, keys, l2_clip_norm=l2_clip_norm,
-      microbatch_size=microbatch_size, norm_ord=clip_norm_ord)
+      microbatch_size=microbatch_size, norm_ord=clip_norm_ord,
+      skip_padding_microbatches=skip_padding_microbatches)
 
 
 def make_rgp_train_step(loss_fn: Callable[..., jax.Array],
@@ -152,9 +154,12 @@ def make_rgp_train_step(loss_fn: Callable[..., jax.Array],
                         key: jax.Array, power_iters: int = 1,
                         cross_sign: float = -1.0,
                         clip_norm_ord: int = 2,
-                        extra_grad_scale: float = 1.0
+                        extra_grad_scale: float = 1.0,
+                        skip_padding_microbatches: bool = False
                         ) -> Callable[..., tuple]:
-  """`step(state, frozen, batch, mask, dropout_key) -> (state, metrics)`.
+  """`step(state, frozen, batch, mask, dropout_key, record_ids) -> (state, metrics)`.
+
+  Per-record dropout keys as in `dpjax.steps.record_keys`.
 
   Args:
     loss_fn: `loss_fn(trainable, frozen, example, key) -> scalar` for one
@@ -211,15 +216,16 @@ def make_rgp_train_step(loss_fn: Callable[..., jax.Array],
     raise ValueError(f'cross_sign must be -1 or +1, got {cross_sign!r}.')
   cross_sign = float(cross_sign)
 
-  def step(state: steps.TrainState, frozen, batch, mask, dropout_key):
+  def step(state: steps.TrainState, frozen, batch, mask, dropout_key,
+           record_ids):
     trainable = state.trainable
     bases = step_bases(key, state.step, trainable, targets, rank, power_iters)
-    keys = jax.random.split(jax.random.fold_in(dropout_key, state.step),
-                            mask.shape[0])
+    keys = steps.record_keys(dropout_key, state.step, record_ids)
     total, stats, _ = carrier_clipped_sum(
         loss_fn, trainable, frozen, bases, batch, mask, keys,
         l2_clip_norm=l2_clip_norm, microbatch_size=microbatch_size,
-        clip_norm_ord=clip_norm_ord, extra_grad_scale=extra_grad_scale)
+        clip_norm_ord=clip_norm_ord, extra_grad_scale=extra_grad_scale,
+        skip_padding_microbatches=skip_padding_microbatches)
 
     opt_state = state.opt_state
     noised, noise_state = stages.noise.update(total, opt_state[1])

@@ -21,7 +21,12 @@ Formal guarantees:
   a guarantee; the ledger marks the run 'shuffle' and the report accounts for
   it without amplification (see `dpjax.accounting.ledger`).
 
-  Samplers' randomness is not cryptographically secure (numpy PCG64).
+  Secrecy: the trainer seeds the generator from 256 bits of secret material
+  (`dpjax.randomness.SecretRandomness.sampler_seed`, OS entropy by default);
+  its state is secret and is checkpointed only in the owner-only secret store
+  (`dpjax.secret_store`). PCG64 is a statistical, not a cryptographic,
+  generator: an adversary who never sees its output (only noised weights)
+  cannot exploit that; one who learns batch memberships could in principle.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ class PoissonSampler:
   kind = 'poisson'
 
   def __init__(self, dataset_size: int, expected_batch_size: float,
-               max_batch_size: int, seed: int):
+               max_batch_size: int, seed):
     if dataset_size <= 0:
       raise ValueError(f'dataset_size must be > 0, got {dataset_size}.')
     if not 0 < expected_batch_size <= dataset_size:
@@ -106,7 +111,7 @@ class ShuffleSampler:
 
   kind = 'shuffle'
 
-  def __init__(self, dataset_size: int, batch_size: int, seed: int):
+  def __init__(self, dataset_size: int, batch_size: int, seed):
     if not 0 < batch_size <= dataset_size:
       raise ValueError(f'batch_size must be in (0, dataset size '
                        f'{dataset_size}], got {batch_size}.')

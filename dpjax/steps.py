@@ -31,6 +31,21 @@ class TrainState(NamedTuple):
   opt_state: PyTree      # full chain state (clip, noise key, scale, opt, EMA)
 
 
+def record_keys(dropout_key: jax.Array, step: jax.Array,
+                record_ids: jax.Array) -> jax.Array:
+  """Per-record dropout keys: `fold_in(fold_in(dropout_key, step), id)`.
+
+  A record's key depends only on the step and its own index in the training
+  set, never on which other records were sampled or on its batch slot, so
+  adding or removing a record leaves every other record's dropout unchanged.
+  `dropout_key` is secret (`dpjax.randomness`) and must be a vmap-invariant
+  implementation (threefry).
+  """
+  step_key = jax.random.fold_in(dropout_key, step)
+  return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(
+      record_ids.astype(jnp.uint32))
+
+
 def _micro_view(x, microbatch_size):
   n = x.shape[0] // microbatch_size
   return jnp.moveaxis(x.reshape((microbatch_size, n) + x.shape[1:]), 1, 0)
@@ -48,12 +63,13 @@ def nonprivate_grad_sum(loss_fn, trainable, batch, mask, keys, *,
   xs = (jax.tree.map(lambda x: _micro_view(x, microbatch_size), batch),
         _micro_view(mask.astype(jnp.float32), microbatch_size),
         _micro_view(keys, microbatch_size))
-  zeros = jax.tree.map(jnp.zeros_like, trainable)
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
 
   def body(acc, micro):
     total, loss_sum = acc
     loss, g = grad_fn(trainable, *micro)
-    return (jax.tree.map(jnp.add, total, g), loss_sum + loss), None
+    total = jax.tree.map(lambda t, x: t + x.astype(jnp.float32), total, g)
+    return (total, loss_sum + loss), None
 
   (total, loss_sum), _ = jax.lax.scan(body, (zeros, jnp.zeros(())), xs)
   z = jnp.zeros((), jnp.float32)
@@ -67,8 +83,14 @@ def make_train_step(loss_fn: Callable[..., jax.Array],
                     l2_clip_norm: float, microbatch_size: int,
                     private: bool = True,
                     clip_norm_fn: Callable[[PyTree], jax.Array] | None = None,
-                    clip_norm_ord: int = 2) -> Callable[..., tuple]:
-  """Returns `step(state, frozen, batch, mask, dropout_key) -> (state, metrics)`.
+                    clip_norm_ord: int = 2,
+                    skip_padding_microbatches: bool = False
+                    ) -> Callable[..., tuple]:
+  """`step(state, frozen, batch, mask, dropout_key, record_ids) -> (state, metrics)`.
+
+  `record_ids` [B] are the records' indices in the training set (any value on
+  padded rows); each record's dropout key is `record_keys(dropout_key,
+  state.step, record_ids)`, independent of the other records in the batch.
 
   Args:
     loss_fn: `loss_fn(trainable, frozen, example, key) -> scalar` for one
@@ -87,13 +109,14 @@ def make_train_step(loss_fn: Callable[..., jax.Array],
       norms): none of them private, the chain must privatize what it uses.
     clip_norm_ord: 2 (flat L2 clipping, for Gaussian noise) or 1 (flat L1
       clipping, for the LMO Laplace-mixture noise).
+    skip_padding_microbatches: True skips all-padding micro-batches (faster;
+      the step time then reveals the realised batch size: a timing channel).
 
   The caller jits the returned function (with donation of `state`).
   """
 
-  def step(state: TrainState, frozen, batch, mask, dropout_key):
-    keys = jax.random.split(jax.random.fold_in(dropout_key, state.step),
-                            mask.shape[0])
+  def step(state: TrainState, frozen, batch, mask, dropout_key, record_ids):
+    keys = record_keys(dropout_key, state.step, record_ids)
     record_loss = lambda p, ex, k: loss_fn(p, frozen, ex, k)
     clip = (l2_clip_norm if clip_norm_fn is None
             else clip_norm_fn(state.opt_state))
@@ -102,7 +125,8 @@ def make_train_step(loss_fn: Callable[..., jax.Array],
       total, stats, norms = clipping.microbatched_clipped_sum(
           record_loss, state.trainable, batch, mask, keys,
           l2_clip_norm=clip, microbatch_size=microbatch_size,
-          norm_ord=clip_norm_ord)
+          norm_ord=clip_norm_ord,
+          skip_padding_microbatches=skip_padding_microbatches)
     else:
       total, stats = nonprivate_grad_sum(record_loss, state.trainable, batch,
                                          mask, keys,

@@ -151,9 +151,8 @@ def compiled_step(method, stages, record_loss, args):
   post = optimizers.post_clip(stages)
 
   @jax.jit
-  def step(state, frozen, batch, mask, dropout_key):
-    keys = jax.random.split(jax.random.fold_in(dropout_key, state.step),
-                            mask.shape[0])
+  def step(state, frozen, batch, mask, dropout_key, record_ids):
+    keys = steps_lib.record_keys(dropout_key, state.step, record_ids)
     c = dp_adam_ac.current_clip_norm(state.opt_state)
     total, stats, norms = clipping.microbatched_clipped_sum(
         lambda p, ex, k: record_loss(p, frozen, ex, k), state.trainable,
@@ -206,7 +205,8 @@ def run(step, stages, sigma, c0, *, eval_loss, params0, train, heldout, args,
     mask = np.zeros(args.max_batch, np.float32)
     mask[:take.size] = 1.0
     batch = {k: jnp.asarray(v[idx]) for k, v in train.items()}
-    state, m = step(state, None, batch, jnp.asarray(mask), dropout_key)
+    state, m = step(state, None, batch, jnp.asarray(mask), dropout_key,
+                    jnp.asarray(idx, jnp.int32))
     ledger.record(q, sigma)
     if t % args.eval_every == 0 or t == args.steps:
       raw, ema = evaluate(state)

@@ -96,11 +96,12 @@ def variants(full, rgpm, batch, *, micro, micro_large, ema):
 
   `nonprivate_whole` takes and returns (trainable, opt_state) (that layout is
   what `measure` expects under that name); the others are the training
-  loop's `step(state, frozen, batch, mask, dropout_key) -> (state, metrics)`.
+  loop's `step(state, frozen, batch, mask, dropout_key, record_ids) -> (state, metrics)`.
   """
   b = next(iter(batch.values())).shape[0]
   mask = jnp.ones((b,), jnp.float32)
   dkey = jax.random.key(2)
+  ids = jnp.arange(b, dtype=jnp.int32)
   plain = make_stages(b, ema, private=False)
   dp = make_stages(b, ema, private=True)
   post_plain = optimizers.post_clip(plain)
@@ -134,9 +135,9 @@ def variants(full, rgpm, batch, *, micro, micro_large, ema):
         cross_sign=-1.0), donate_argnums=(0,))
 
   full_args = lambda st: (lambda: (state_for(st, full.trainable), full.frozen,
-                                   batch, mask, dkey))
+                                   batch, mask, dkey, ids))
   rgp_args = lambda st: (lambda: (state_for(st, rgpm.trainable), rgpm.frozen,
-                                  batch, mask, dkey))
+                                  batch, mask, dkey, ids))
   out['nonprivate_micro'] = (std(plain, micro, False), full_args(plain))
   out[f'dp_full_micro{micro}'] = (std(dp, micro, True), full_args(dp))
   if micro_large:

@@ -98,6 +98,7 @@ def variants(loss, trainable, frozen, batch, *, micro, dp_micro_small):
                                      private=private)
   mask = jnp.ones((b,), jnp.float32)
   dkey = jax.random.key(2)
+  ids = jnp.arange(b, dtype=jnp.int32)
 
   def state_for(stages):
     tx = optimizers.chain(stages)
@@ -110,12 +111,12 @@ def variants(loss, trainable, frozen, batch, *, micro, dp_micro_small):
                                       adamw.init(trainable), frozen, batch))
   out['nonprivate_micro'] = (
       jax.jit(step(plain, micro, False), donate_argnums=(0,)),
-      lambda: (state_for(plain), frozen, batch, mask, dkey))
+      lambda: (state_for(plain), frozen, batch, mask, dkey, ids))
   out['dp_micro'] = (jax.jit(step(dp, micro, True), donate_argnums=(0,)),
-                     lambda: (state_for(dp), frozen, batch, mask, dkey))
+                     lambda: (state_for(dp), frozen, batch, mask, dkey, ids))
   out['dp_micro_small'] = (
       jax.jit(step(dp, dp_micro_small, True), donate_argnums=(0,)),
-      lambda: (state_for(dp), frozen, batch, mask, dkey))
+      lambda: (state_for(dp), frozen, batch, mask, dkey, ids))
   return out
 
 

@@ -228,7 +228,7 @@ def test_make_train_step_with_raw_count_equals_research_path():
   p_ref, s_ref = params, tx.init(params)
   for _ in range(2):
     state, metrics = step(state, None, {'x': x, 'y': y}, mask,
-                          jax.random.key(0))
+                          jax.random.key(0), jnp.arange(mask.shape[0]))
     u, s_ref = tx.update(_per_example(p_ref, x, y), s_ref, p_ref, mask=mask)
     p_ref = optax.apply_updates(p_ref, u)
   np.testing.assert_allclose(dp_adam_ac.current_clip_norm(state.opt_state),

@@ -167,7 +167,8 @@ def test_rank_one_update_is_projected_gradient():
   step = _rgp(st, rank=1)
   for t in range(2):
     before = state.trainable
-    state, _ = step(state, frozen, batch, mask, jax.random.key(0))
+    state, _ = step(state, frozen, batch, mask, jax.random.key(0),
+                       jnp.arange(mask.shape[0]))
     total = jax.grad(lambda p: jnp.sum(mask * jax.vmap(
         lambda ex: _loss(p, frozen, ex, None))(batch)))(before)
     keys = jax.random.split(jax.random.fold_in(jax.random.key(7), t), 2)
@@ -246,7 +247,8 @@ def test_noise_only_in_carrier_space():
   n_r, resid, head = [], [], []
   for t in range(20):
     before = state.trainable
-    state, _ = step(state, frozen, batch, mask, jax.random.key(0))
+    state, _ = step(state, frozen, batch, mask, jax.random.key(0),
+                       jnp.arange(mask.shape[0]))
     bases = rgp_step.step_bases(jax.random.key(7), jnp.int32(t), before,
                                 TARGETS, rank)
     for name, path in zip(('dense1', 'dense2'), TARGETS):
@@ -295,7 +297,8 @@ def test_padding_jit_donation_and_microbatches():
   # Donated state can be fed back (two jitted steps in a row).
   state = _state(trainable, st)
   for _ in range(2):
-    state, m = step(state, frozen, garbage, mask, jax.random.key(0))
+    state, m = step(state, frozen, garbage, mask, jax.random.key(0),
+                       jnp.arange(mask.shape[0]))
   assert int(state.step) == 2
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.trainable))
 

@@ -31,6 +31,9 @@ def full_run(tmp_path_factory):
   config = debug.get_config()
   config.train.checkpoint_every = 2
   config.train.keep_checkpoints = 10
+  # OS entropy (the default); the secret state is kept, as a killed run
+  # leaves it, so that the resume below can continue exactly.
+  config.dp.keep_secret_state = True
   out = train.train_and_evaluate(config, workdir)
   return config, workdir, out
 
@@ -133,6 +136,7 @@ for n in (1, 8):
   c = debug.get_config()
   c.train.steps = 3
   c.mesh.data = n
+  c.dp.insecure_fixed_randomness_seed = 0  # the same noise on 1 and 8 devices
   out = train.train_and_evaluate(c, os.path.join(sys.argv[2], str(n)))
   finals.append([np.asarray(x) for x in jax.tree.leaves(jax.device_get(out["state"].trainable))])
 diff = max(float(np.max(np.abs(a - b))) for a, b in zip(*finals))

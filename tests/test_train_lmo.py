@@ -107,7 +107,7 @@ def test_lmo_step_clips_in_l1_and_adds_scaled_lmo_noise():
   tx = optimizers.chain(stages)
   state = steps_lib.TrainState(jnp.zeros((), jnp.int32), w, tx.init(w))
   new, _ = step(state, {}, {'x': jnp.asarray(x)}, jnp.asarray(mask),
-                jax.random.key(0))
+                jax.random.key(0), jnp.arange(mask.shape[0]))
   clipped = sum(m * g * min(1.0, 1.0 / np.abs(g).sum())
                 for g, m in zip(x, mask))
   _, sub = jax.random.split(key)

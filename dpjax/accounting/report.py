@@ -8,7 +8,8 @@ Formal guarantees:
   provided the ledger's contract holds (see `ledger.py`). Rows of kind
   'estimate' (Edgeworth) are not guarantees. Rows in the set labelled "not a
   guarantee" (shuffled batches accounted as if Poisson-sampled) are the
-  commonly reported figure only.
+  commonly reported figure only. A report with no upper-bound row (an
+  estimate alone) is refused with `NoUpperBoundError`.
 
 Neighbouring relation passed to the accountants: for a Poisson ledger, the
 ledger's own relation (phases' sigma is relative to the add/remove
@@ -32,6 +33,26 @@ NOT_A_GUARANTEE = 'not a guarantee (shuffled batches accounted as Poisson)'
 
 
 GAUSSIAN_ACCOUNTANTS = ('pld', 'rdp', 'edgeworth')
+
+
+class NoUpperBoundError(ValueError):
+  """A report would hold no upper bound on epsilon (only estimates or n/a)."""
+
+
+def is_guarantee_row(row: dict) -> bool:
+  """Whether a report row is an upper bound that applies to the run.
+
+  Args:
+    row: one of `privacy_report(...)['rows']`.
+
+  Returns:
+    True for a row of kind 'upper bound' with a number (not n/a) as epsilon,
+    computed on the accountable phases (not the shuffle-as-Poisson figure).
+  """
+  eps = row.get('epsilon')
+  return (row.get('kind') == 'upper bound' and
+          row.get('basis') != NOT_A_GUARANTEE and
+          isinstance(eps, (int, float)) and not math.isnan(eps))
 
 
 def _rows(phases, delta, accountants, neighbouring, basis,
@@ -88,6 +109,13 @@ def privacy_report(ledger: ledger_lib.PrivacyLedger, delta: float,
       'accountant', 'epsilon', 'delta', 'kind' and optionally 'details',
       'basis'.
 
+  Raises:
+    ValueError: `delta` is not in (0, 1).
+    NoUpperBoundError (a ValueError): no row is an upper bound with a
+      number as epsilon (`is_guarantee_row`): e.g. accountants=('edgeworth',)
+      alone, or only Gaussian accountants on an LMO ledger. An estimate is
+      never reported without a bound beside it.
+
   Returns:
     dict with 'rows' (list of {'accountant', 'epsilon', 'delta', 'kind',
     'details', 'basis'}), 'sampling', 'neighbouring', 'unit', 'steps',
@@ -117,6 +145,13 @@ def privacy_report(ledger: ledger_lib.PrivacyLedger, delta: float,
     r.setdefault('details', {})
     r.setdefault('basis', '')
     rows.append(r)
+  if not any(is_guarantee_row(r) for r in rows):
+    names = [r.get('accountant') for r in rows]
+    raise NoUpperBoundError(
+        f'privacy_report: no row is an upper bound on epsilon (rows: '
+        f'{names}); an estimate is never reported alone. Pass an upper-bound '
+        "accountant ('pld' or 'rdp' for Gaussian noise, an LMOAccountant for "
+        "LMO noise) in accountants, or an extra row of kind 'upper bound'.")
   return {
       'rows': rows,
       'delta': delta,

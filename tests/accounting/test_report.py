@@ -83,3 +83,29 @@ def test_bad_delta_and_empty_ledger():
     report_lib.privacy_report(ledger, 0.0)
   rep = report_lib.privacy_report(ledger, 1e-5)
   assert all(r['epsilon'] == 0.0 for r in rep['rows'])
+
+
+def test_a_report_without_an_upper_bound_is_refused():
+  ledger = _poisson_ledger()
+  with pytest.raises(report_lib.NoUpperBoundError, match='upper bound'):
+    report_lib.privacy_report(ledger, 1e-5, accountants=('edgeworth',))
+  # An n/a bound is no bound: RDP has none under replace-one with q < 1.
+  replace = PrivacyLedger(sampling='poisson', neighbouring='replace_one')
+  replace.record(0.01, 1.0, 100)
+  with pytest.raises(ValueError, match='no row is an upper bound'):
+    report_lib.privacy_report(replace, 1e-6, accountants=('rdp', 'edgeworth'))
+  # A caller's row of kind 'upper bound' supplies one.
+  extra = {'accountant': 'external', 'epsilon': 5.0, 'delta': 1e-5,
+           'kind': 'upper bound'}
+  rep = report_lib.privacy_report(ledger, 1e-5, accountants=('edgeworth',),
+                                  extra_rows=[extra])
+  assert [r['kind'] for r in rep['rows']] == ['estimate', 'upper bound']
+
+
+def test_shuffle_as_poisson_rows_are_not_the_bound_a_report_needs():
+  ledger = PrivacyLedger(sampling='shuffle', neighbouring='replace_one',
+                         dataset_size=1000, batch_size=100)
+  ledger.record(0.1, 2.0, 30)
+  rep = report_lib.privacy_report(ledger, 1e-6, accountants=('pld',))
+  flags = [report_lib.is_guarantee_row(r) for r in rep['rows']]
+  assert flags == [True, False]  # the as-if-Poisson row is no guarantee

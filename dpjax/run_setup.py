@@ -1,0 +1,126 @@
+"""Builds a run's DP chain and its jittable step from the config and plan.
+
+The trainer (`dpjax.train`) and the neighbouring-dataset replay audit
+(`dpjax.audit`) call these same functions, so the audit checks exactly the
+step that trains.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optax
+
+from dpjax import configuration
+from dpjax import optimizers
+from dpjax import steps as steps_lib
+from dpjax.privacy_plan import PrivacyPlan
+
+
+def schedule(config):
+  """The learning rate (with linear warm-up when train.warmup_steps)."""
+  lr, warm = config.train.learning_rate, config.train.warmup_steps
+  if warm:
+    return optax.linear_schedule(0.0, lr, warm)
+  return lr
+
+
+def lmo_noise_stage(plan: PrivacyPlan, noise_key):
+  from dpjax import lmo_noise  # pylint: disable=g-import-not-at-top
+  return lmo_noise.lmo_noise(plan.lmo(),
+                             l1_sensitivity=plan.lmo_noise_scale,
+                             key=noise_key)
+
+
+def adaptive_stages(config, plan: PrivacyPlan, noise_key):
+  """DP-Adam-AC stages when `config.dp_adam_ac.enabled`, else (None, None, None).
+
+  The ledger still records (q, sigma) with sigma the configured multiplier z:
+  gradient and count noise are one Gaussian mechanism of multiplier z
+  (dpjax.dp_adam_ac). The paper-faithful percentile mode is not private;
+  the report says so.
+  """
+  ac = config.dp_adam_ac
+  if not (plan.enabled and ac.enabled):
+    return None, None, None
+  from dpjax import dp_adam_ac  # pylint: disable=g-import-not-at-top
+  fields = {k: ac[k] for k in (
+      'initial_clip_norm', 'target_quantile', 'clip_learning_rate',
+      'count_centered', 'min_clip_norm', 'max_clip_norm',
+      'nonprivate_percentile_clipping', 'history_size', 'adapt_learning_rate',
+      'lr_band', 'lr_up', 'lr_down', 'lr_min_multiplier', 'lr_max_multiplier')}
+  fields['count_noise_std'] = (ac.count_noise_std or
+                               plan.expected_batch_size / 20.0)
+  try:
+    stages = dp_adam_ac.dp_adam_ac_stages(
+        noise_multiplier=plan.noise_multiplier,
+        expected_batch_size=(list(plan.batch_schedule) if plan.batch_schedule
+                             else plan.expected_batch_size),
+        learning_rate=schedule(config), key=noise_key, b1=config.train.b1,
+        b2=config.train.b2, eps=config.train.eps,
+        weight_decay=config.train.weight_decay,
+        ema_decay=config.train.ema_decay, **fields)
+  except ValueError as e:
+    raise configuration.ConfigError(
+        'dp_adam_ac', str(e), 'settings accepted by dp_adam_ac_stages (e.g. '
+        'count_noise_std > noise multiplier / 2 for the centered count)') from e
+  notes = dp_adam_ac.privacy_notes(
+      nonprivate_percentile_clipping=ac.nonprivate_percentile_clipping,
+      noise_multiplier=plan.noise_multiplier)
+  return stages, dp_adam_ac.current_clip_norm, notes
+
+
+def make_step(config, model, stages, plan: PrivacyPlan, clip_norm_fn,
+              rgp_key):
+  """The jittable step: DP-SGD-style, or RGP's carrier-space step.
+
+  A non-private run with peft.mode='rgp' is RGP without clipping or noise
+  (the same low-rank updates: the baseline for the private runs).
+  """
+  if config.peft.mode == 'rgp':
+    from dpjax import rgp_step  # pylint: disable=g-import-not-at-top
+    return rgp_step.make_rgp_train_step(
+        model.loss_fn, stages, targets=model.rgp_targets,
+        rank=config.peft.rgp_rank,
+        l2_clip_norm=plan.clip_norm if plan.enabled else math.inf,
+        microbatch_size=config.train.microbatch_size, key=rgp_key,
+        power_iters=config.peft.rgp_power_iters,
+        cross_sign=float(config.peft.rgp_cross_sign),
+        clip_norm_ord=plan.clip_norm_ord,
+        extra_grad_scale=float(config.peft.rgp_extra_grad_scale),
+        skip_padding_microbatches=config.train.skip_padding_microbatches)
+  return steps_lib.make_train_step(
+      model.loss_fn, optimizers.post_clip(stages),
+      l2_clip_norm=stages_clip(plan),
+      microbatch_size=config.train.microbatch_size, private=plan.enabled,
+      clip_norm_fn=clip_norm_fn, clip_norm_ord=plan.clip_norm_ord,
+      skip_padding_microbatches=config.train.skip_padding_microbatches)
+
+
+def stages_clip(plan: PrivacyPlan) -> float:
+  """The clip norm the step applies (1.0, unused, for non-private runs)."""
+  return plan.clip_norm if plan.enabled else 1.0
+
+
+def build_stages(config, plan: PrivacyPlan, noise_key):
+  """(DPStages, clip_norm_fn or None, mechanism notes or None) of a run.
+
+  DP-Adam-AC's stages when enabled, else DP-AdamW/Adam/SGD's; the noise stage
+  is the identity for a non-private run and LMO noise for dp.mechanism='lmo'.
+  `noise_key` must be secret (`dpjax.randomness`).
+  """
+  stages, clip_norm_fn, notes = adaptive_stages(config, plan, noise_key)
+  stages = stages or optimizers.dp_stages(
+      l2_clip_norm=plan.l2_clip_norm if plan.enabled else 1.0,
+      noise_multiplier=plan.noise_multiplier,
+      expected_batch_size=plan.batch_schedule or plan.expected_batch_size,
+      learning_rate=schedule(config), key=noise_key,
+      optimizer=config.train.optimizer, b1=config.train.b1,
+      b2=config.train.b2, eps=config.train.eps,
+      weight_decay=config.train.weight_decay, momentum=config.train.momentum,
+      ema_decay=config.train.ema_decay)
+  if not plan.enabled:
+    stages = stages._replace(noise=optax.identity())
+  elif plan.mechanism == 'lmo':
+    stages = stages._replace(noise=lmo_noise_stage(plan, noise_key))
+  return stages, clip_norm_fn, notes
