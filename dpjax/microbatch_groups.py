@@ -98,8 +98,11 @@ def grouped_clipped_sum(per_example: PyTree, mask: jax.Array,
                         ) -> tuple[PyTree, jax.Array, jax.Array]:
   """Sum over non-empty groups of the clipped group-mean gradients.
 
+  Group means, norms and the clipped sum are float32 whatever the gradient
+  dtype (as `dpjax.clipping.clipped_sum`); nothing is skipped.
+
   Returns:
-    (clipped sum, unit norms [K], non-empty indicator [K] float32).
+    (float32 clipped sum, unit norms [K], non-empty indicator [K] float32).
   """
   means, counts = group_means(per_example, mask, group_ids, num_groups)
   nonempty = (counts > 0).astype(jnp.float32)

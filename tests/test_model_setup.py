@@ -1,13 +1,16 @@
-"""Random init of every decoder family from the shared config fields."""
+"""Model setup: random init from the shared fields, dropout, checkpoints."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import debug
 from dpjax import configuration
 from dpjax import model_setup
+from dpjax import models
 from dpjax import train
+from dpjax.models import hf_io
 
 
 @pytest.mark.parametrize('family', ['gpt2', 'bitnet', 'qwen2'])
@@ -44,3 +47,52 @@ def test_encoder_random_init_is_refused_with_the_field():
   config.model.family = 'bert'
   with pytest.raises(configuration.ConfigError, match='model.init'):
     model_setup.create(config)
+
+
+def _lm_record():
+  return {'inputs': np.arange(16, dtype=np.int32) + 65,
+          'targets': np.arange(16, dtype=np.int32) + 66,
+          'weights': np.ones((16,), np.float32)}
+
+
+@pytest.mark.parametrize('family', ['llama', 'gpt2', 'bitnet'])
+@pytest.mark.parametrize('rate', [0.0, 0.3])
+def test_dropout_rate_reaches_every_decoder_family(family, rate):
+  config = debug.get_config()
+  config.model.update(family=family, num_layers=1, dropout_rate=rate)
+  model = model_setup.create(config)
+  assert models.dropout_rate(model.config) == pytest.approx(rate)
+  loss = lambda seed: float(model.loss_fn(model.trainable, model.frozen,
+                                          _lm_record(), jax.random.key(seed)))
+  if rate == 0:
+    assert loss(1) == loss(2)
+  else:
+    assert loss(1) != loss(2) and loss(1) == loss(1)
+
+
+@pytest.mark.parametrize('rate', [0.0, 0.3])
+def test_dropout_rate_replaces_a_bert_checkpoints_own(tmp_path, rate):
+  module, cfg = models.build_model(
+      'bert', vocab_size=300, hidden_size=32, num_hidden_layers=1,
+      num_attention_heads=4, intermediate_size=37,
+      max_position_embeddings=40, head='none')
+  assert cfg.hidden_dropout_prob == 0.1
+  params = module.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+  hf_io.save_hf_folder(str(tmp_path), 'bert', cfg, params['params'])
+  config = debug.get_config()
+  config.model.update(family='bert', init='hf', path=str(tmp_path),
+                      dropout_rate=rate)
+  config.data.task = 'genre'
+  model = model_setup.create(config)
+  c = model.config
+  assert (c.hidden_dropout_prob, c.attention_probs_dropout_prob,
+          c.classifier_dropout) == (rate, rate, rate)
+  example = {'inputs': np.arange(10, dtype=np.int32) + 5,
+             'attention_mask': np.ones((10,), np.int32),
+             'label': np.int32(1)}
+  loss = lambda seed: float(model.loss_fn(model.trainable, model.frozen,
+                                          example, jax.random.key(seed)))
+  if rate == 0:
+    assert loss(1) == loss(2)
+  else:
+    assert loss(1) != loss(2) and loss(1) == loss(1)

@@ -36,11 +36,21 @@ def test_noise_differs_every_step_and_is_reproducible():
   np.testing.assert_array_equal(a, _samples(1.0))
 
 
-def test_dtype_preserved_and_untyped_key_refused():
+def test_dtype_follows_params_and_untyped_key_refused():
   tx = noise.gaussian_noise(1.0, jax.random.key(0))
   x = {'h': jnp.zeros((4,), jnp.bfloat16)}
-  u, _ = tx.update(x, tx.init(x))
-  assert u['h'].dtype == jnp.bfloat16
+  params = {'h': jnp.ones((4,), jnp.bfloat16)}
+  state = tx.init(x)
+  u, _ = tx.update(x, state)               # no params: float32
+  assert u['h'].dtype == jnp.float32
+  v, _ = tx.update(x, state, params)       # params: their dtype
+  assert v['h'].dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(v['h'], np.float32),
+                                np.asarray(u['h'].astype(jnp.bfloat16),
+                                           np.float32))
+  # A params tree of another structure (e.g. RGP carriers): float32.
+  w, _ = tx.update(x, state, {'other': params['h']})
+  assert w['h'].dtype == jnp.float32
   with pytest.raises(TypeError, match='typed PRNG key'):
     noise.gaussian_noise(1.0, jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match='stddev'):

@@ -138,9 +138,9 @@ def test_full_rank_no_noise_equals_dp_sgd_step(optimizer):
                                    l2_clip_norm=1e6, microbatch_size=4,
                                    private=True)
   ref, ref_m = ref_step(_state(trainable, st), frozen, batch, mask,
-                        jax.random.key(0))
+                        jax.random.key(0), jnp.arange(mask.shape[0]))
   new, m = _rgp(st)(_state(trainable, st), frozen, batch, mask,
-                    jax.random.key(0))
+                    jax.random.key(0), jnp.arange(mask.shape[0]))
   assert int(new.step) == 1
   _close(new.trainable, ref.trainable)
   _close(new.opt_state, ref.opt_state)       # optimizer moments and EMA
@@ -151,7 +151,7 @@ def test_full_rank_no_noise_equals_dp_sgd_step(optimizer):
   assert not np.allclose(new.trainable['dense1']['kernel'],
                          trainable['dense1']['kernel'], atol=1e-4)
   plus, _ = _rgp(st, cross_sign=1.0)(_state(trainable, st), frozen, batch,
-                                     mask, jax.random.key(0))
+                                     mask, jax.random.key(0), jnp.arange(mask.shape[0]))
   for name in ('dense1', 'dense2'):
     assert not np.allclose(plus.trainable[name]['kernel'],
                            ref.trainable[name]['kernel'], atol=1e-4)
@@ -227,7 +227,7 @@ def test_sensitivity_in_carrier_space():
   # The step privatizes this sum: its metrics are the carrier-space ones.
   _, m = _rgp(_stages(clip=clip), rank=2, clip=clip)(
       _state(trainable, _stages(clip=clip)), frozen, batch, mask,
-      jax.random.key(0))
+      jax.random.key(0), jnp.arange(mask.shape[0]))
   np.testing.assert_allclose(m['clip_fraction'], stats.num_clipped / B)
   np.testing.assert_allclose(m['mean_grad_norm'], jnp.mean(ref_norms),
                              rtol=1e-4)
@@ -271,7 +271,7 @@ def test_noise_only_in_carrier_space():
   ref_step = steps.make_train_step(_zero_loss, optimizers.post_clip(st),
                                    l2_clip_norm=clip, microbatch_size=4)
   ref, _ = ref_step(_state(trainable, st), frozen, batch, mask,
-                    jax.random.key(0))
+                    jax.random.key(0), jnp.arange(mask.shape[0]))
   u = ref.trainable['dense1']['kernel'] - trainable['dense1']['kernel']
   s = np.linalg.svd(np.asarray(u), compute_uv=False)
   assert s[2 * rank] > 0.1 * s[0]
@@ -283,14 +283,14 @@ def test_padding_jit_donation_and_microbatches():
   st = _stages(sigma=1.0, clip=0.3, optimizer='adamw', lr=0.01,
                ema_decay=0.9)
   want, want_m = _rgp(st, rank=2, clip=0.3, mb=4)(
-      _state(trainable, st), frozen, batch, mask, jax.random.key(0))
+      _state(trainable, st), frozen, batch, mask, jax.random.key(0), jnp.arange(mask.shape[0]))
   assert 0 < float(want_m['clip_fraction']) <= 1
   garbage = {'x': batch['x'].at[5:].set(jnp.nan),
              'y': batch['y'].at[5:].set(1e30)}
   for mb in (2, 4):
     step = jax.jit(_rgp(st, rank=2, clip=0.3, mb=mb), donate_argnums=0)
     for b in (batch, garbage):
-      got, m = step(_state(trainable, st), frozen, b, mask, jax.random.key(0))
+      got, m = step(_state(trainable, st), frozen, b, mask, jax.random.key(0), jnp.arange(mask.shape[0]))
       _close(got.trainable, want.trainable)
       _close(got.opt_state, want.opt_state)
       _close(m, want_m)
@@ -309,12 +309,12 @@ def test_argument_checks():
   st = _stages()
   with pytest.raises(ValueError, match='exceeds min'):
     _rgp(st, rank=5)(_state(trainable, st), frozen, batch, mask,
-                     jax.random.key(0))
+                     jax.random.key(0), jnp.arange(mask.shape[0]))
   with pytest.raises(ValueError, match='no trainable leaf'):
     rgp_step.make_rgp_train_step(
         _loss, st, targets=('dense1/bias_x',), rank=1, l2_clip_norm=1.0,
         microbatch_size=4, key=jax.random.key(0))(
-            _state(trainable, st), frozen, batch, mask, jax.random.key(0))
+            _state(trainable, st), frozen, batch, mask, jax.random.key(0), jnp.arange(mask.shape[0]))
   with pytest.raises(TypeError, match='typed PRNG key'):
     rgp_step.make_rgp_train_step(_loss, st, targets=TARGETS, rank=1,
                                  l2_clip_norm=1.0, microbatch_size=4,
@@ -334,7 +334,7 @@ def test_extra_grad_scale_scales_only_the_extra_leaves_before_clipping():
         _loss, stages, targets=TARGETS, rank=2, l2_clip_norm=clip,
         microbatch_size=4, key=jax.random.key(7), extra_grad_scale=scale)
     new, m = jax.jit(step)(_state(trainable, stages), frozen, batch, mask,
-                           jax.random.key(0))
+                           jax.random.key(0), jnp.arange(mask.shape[0]))
     return (rgp.flat_params(jax.tree.map(jnp.subtract, new.trainable,
                                          trainable)), m)
 

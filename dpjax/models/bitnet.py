@@ -49,6 +49,10 @@ from dpjax.models import layers
 
 _QUANTIZATIONS = ('online', 'none')
 _WEIGHT_FORMATS = ('float', 'packed')
+# The fields that carry `config.model.dropout_rate` (see
+# `dpjax.models.dropout_fields`): BitNet (as in transformers) has dropout on
+# the attention probabilities only.
+DROPOUT_FIELDS = ('attention_dropout',)
 
 
 @dataclasses.dataclass(frozen=True)

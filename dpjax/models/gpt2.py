@@ -26,6 +26,9 @@ import numpy as np
 from dpjax.models import layers
 
 _BUFFERS = ('.attn.bias', '.attn.masked_bias')
+# The fields that carry `config.model.dropout_rate` (see
+# `dpjax.models.dropout_fields`): residual, embedding and attention dropout.
+DROPOUT_FIELDS = ('resid_pdrop', 'embd_pdrop', 'attn_pdrop')
 
 
 @dataclasses.dataclass(frozen=True)

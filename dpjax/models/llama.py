@@ -27,6 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 FAMILIES = ('llama', 'qwen2')
+# The fields that carry `config.model.dropout_rate` (see
+# `dpjax.models.dropout_fields`): residual-branch dropout.
+DROPOUT_FIELDS = ('dropout_rate',)
 _ARCHITECTURES = {'llama': 'LlamaForCausalLM', 'qwen2': 'Qwen2ForCausalLM'}
 
 
