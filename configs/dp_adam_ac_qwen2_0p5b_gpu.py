@@ -47,17 +47,14 @@ def dp_adam_ac_section(config, *, expected_batch_size):
   ac.max_clip_norm = 100.0
   ac.nonprivate_percentile_clipping = False  # Paper rule; NOT private.
   ac.history_size = 1000               # H of the percentile rule.
-  ac.group_size = 1                    # m: 1 = clip each record.
-  ac.num_groups = 0                    # K when group_size > 1.
+  # Each record is clipped on its own (micro-batch groups are a library path,
+  # dpjax.microbatch_groups); batch-size schedules are train.batch_schedule.
   ac.adapt_learning_rate = True        # Clip-rate-driven LR multiplier.
   ac.lr_band = 0.10
   ac.lr_up = 1.01
   ac.lr_down = 0.995
   ac.lr_min_multiplier = 0.1
   ac.lr_max_multiplier = 2.0
-  ac.batch_schedule = 'constant'       # constant | linear_ramp | epoch
-  ac.batch_schedule_start = 0          # linear_ramp: B at step 0 (0: = B).
-  ac.batch_schedule_ramp_steps = 0     # linear_ramp: ramp length (0: all).
   config.dp_adam_ac = ac
   return config
 

@@ -16,9 +16,20 @@ def test_shipped_configs_are_valid():
       os.path.join(root, 'configs', '*.py')) if not p.endswith('__init__.py'))
   assert {'default', 'debug', 'quickstart', 'ewtune_minilm',
           'lmo_minilm'} <= set(names)
+  def fields(c, prefix=''):
+    out = set()
+    for k, v in c.items():
+      if hasattr(v, 'items') and k != 'lmo':
+        out |= fields(v, prefix + k + '.')
+      else:
+        out.add(prefix + k)
+    return out
+  known = fields(default.get_config())
   for name in names:
-    configuration.validate(
-        importlib.import_module(f'configs.{name}').get_config())
+    config = importlib.import_module(f'configs.{name}').get_config()
+    configuration.validate(config)
+    # No field the trainer does not read (it would be silently ignored).
+    assert fields(config) <= known, (name, sorted(fields(config) - known))
 
 
 def test_lmo_config_l1_clip_norm_matches_its_noised_coordinates():
