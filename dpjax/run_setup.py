@@ -8,13 +8,55 @@ step that trains.
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
+import jax
 import optax
 
 from dpjax import configuration
+from dpjax import input_pipeline
+from dpjax import model_setup
 from dpjax import optimizers
+from dpjax import sharding
 from dpjax import steps as steps_lib
 from dpjax.privacy_plan import PrivacyPlan
+from dpjax.privacy_plan import plan_privacy
+
+RGP_KEY_FOLD = 7919  # public: RGP's random starts derive from config.seed
+
+
+class RunInputs(NamedTuple):
+  """What a run is built from: model, data, privacy plan and device mesh."""
+  model: Any
+  data: Any
+  plan: PrivacyPlan
+  mesh: Any
+
+
+def build_inputs(config) -> RunInputs:
+  """Validates `config`, builds the model and data, plans the privacy and the
+  mesh (the trainer and the replay audit share this, in this order)."""
+  configuration.validate(config)
+  model = model_setup.create(config)
+  tokenizer = (model.tokenizer if config.data.tokenizer == 'model' or
+               config.data.task == 'genre' else None)
+  data = input_pipeline.build(config.data, tokenizer, seed=config.seed)
+  configuration.validate_against_data(config, data.train_size)
+  plan = plan_privacy(config, data.train_size, model_setup.noised_coordinates(
+      model, config.peft.rgp_rank))
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+  n_data = mesh.shape['data']
+  if config.train.max_batch_size % n_data:
+    raise configuration.ConfigError(
+        'train.max_batch_size', f'{config.train.max_batch_size} is not '
+        f'divisible by the {n_data} devices on the data axis',
+        f'a multiple of {n_data}')
+  return RunInputs(model, data, plan, mesh)
+
+
+def rgp_key(config) -> jax.Array:
+  """RGP's (public) random-start key, from `config.seed`."""
+  return jax.random.fold_in(jax.random.key(config.seed), RGP_KEY_FOLD)
 
 
 def schedule(config):

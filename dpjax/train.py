@@ -30,7 +30,6 @@ import numpy as np
 
 from dpjax import checkpointing
 from dpjax import configuration
-from dpjax import input_pipeline
 from dpjax import metrics as metrics_lib
 from dpjax import model_setup
 from dpjax import optimizers
@@ -46,7 +45,7 @@ from dpjax.accounting import ledger as ledger_lib
 from dpjax.privacy_plan import PrivacyPlan
 from dpjax.privacy_plan import plan_privacy  # noqa: F401  (public API)
 
-RGP_KEY_FOLD = 7919  # public: RGP's random starts derive from config.seed
+RGP_KEY_FOLD = run_setup.RGP_KEY_FOLD
 
 
 def data_digest(arrays: dict[str, np.ndarray]) -> str:
@@ -162,13 +161,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) one DP training run; returns the final summary."""
   configuration.validate(config)
   os.makedirs(workdir, exist_ok=True)
-  model = model_setup.create(config)
-  tokenizer = (model.tokenizer if config.data.tokenizer == 'model' or
-               config.data.task == 'genre' else None)
-  data = input_pipeline.build(config.data, tokenizer, seed=config.seed)
-  configuration.validate_against_data(config, data.train_size)
-  plan = plan_privacy(config, data.train_size, model_setup.noised_coordinates(
-      model, config.peft.rgp_rank))
+  model, data, plan, mesh = run_setup.build_inputs(config)
   total_steps = config.train.steps
 
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
@@ -184,13 +177,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       mechanism=plan.mechanism,
       mechanism_params=dict(plan.lmo_params or ()))
 
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-  n_data = mesh.shape['data']
-  if config.train.max_batch_size % n_data:
-    raise configuration.ConfigError(
-        'train.max_batch_size', f'{config.train.max_batch_size} is not '
-        f'divisible by the {n_data} devices on the data axis',
-        f'a multiple of {n_data}')
   batch_sh = sharding.batch_sharding(mesh)
   repl = sharding.replicated(mesh)
 
@@ -221,9 +207,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     ledger = ledger_lib.PrivacyLedger.from_dict(meta['ledger'])
     logging.info('Resumed from step %d', start)
 
-  rgp_key = jax.random.fold_in(jax.random.key(config.seed), RGP_KEY_FOLD)
   train_step = jax.jit(run_setup.make_step(config, model, stages, plan,
-                                           clip_norm_fn, rgp_key),
+                                           clip_norm_fn,
+                                           run_setup.rgp_key(config)),
                        donate_argnums=(0,))
   eval_fn = jax.jit(model.eval_fn)
   accountant = plan.accountant_obj() if plan.enabled else None

@@ -26,15 +26,11 @@ import numpy as np
 import optax
 
 from dpjax import configuration
-from dpjax import input_pipeline
-from dpjax import model_setup
 from dpjax import optimizers
-from dpjax import privacy_plan
 from dpjax import randomness
 from dpjax import run_setup
 from dpjax import sharding
 from dpjax import steps as steps_lib
-from dpjax import train
 
 PyTree = Any
 
@@ -198,24 +194,10 @@ def build_harness(config, *, seed: int | None = None) -> StepHarness:
     raise configuration.ConfigError(
         'dp.enabled', 'False: a non-private run clips nothing, so there is '
         'no sensitivity bound to replay', 'True')
-  model = model_setup.create(config)
-  tokenizer = (model.tokenizer if config.data.tokenizer == 'model' or
-               config.data.task == 'genre' else None)
-  data = input_pipeline.build(config.data, tokenizer, seed=config.seed)
-  configuration.validate_against_data(config, data.train_size)
-  plan = privacy_plan.plan_privacy(
-      config, data.train_size,
-      model_setup.noised_coordinates(model, config.peft.rgp_rank))
+  model, data, plan, mesh = run_setup.build_inputs(config)
+  n_data = mesh.shape['data']
   secret = randomness.SecretRandomness.from_insecure_seed(
       audit_seed(config, seed))
-
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-  n_data = mesh.shape['data']
-  if config.train.max_batch_size % n_data:
-    raise configuration.ConfigError(
-        'train.max_batch_size', f'{config.train.max_batch_size} is not '
-        f'divisible by the {n_data} devices on the data axis',
-        f'a multiple of {n_data}')
 
   stages, clip_norm_fn, _ = run_setup.build_stages(config, plan,
                                                    secret.noise_key())
@@ -251,9 +233,8 @@ def build_harness(config, *, seed: int | None = None) -> StepHarness:
   state = jax.device_put(state, sharding.param_shardings(state, mesh, rules))
   frozen = jax.device_put(model.frozen,
                           sharding.param_shardings(model.frozen, mesh, rules))
-  rgp_key = jax.random.fold_in(jax.random.key(config.seed), train.RGP_KEY_FOLD)
   step = jax.jit(run_setup.make_step(config, model, cap, plan, clip_norm_fn,
-                                     rgp_key))
+                                     run_setup.rgp_key(config)))
   dropout_key = jax.device_put(secret.dropout_key(),
                                sharding.replicated(mesh))
   return StepHarness(
