@@ -385,3 +385,28 @@ def test_engine_strict_and_with_a_rounding_allowance():
   assert not audit.replay(wrong, removals=0, rounding_allowance=10).passed
   with pytest.raises(ValueError, match='rounding_allowance'):
     audit.replay(exact, rounding_allowance=-1)
+
+
+def _runnable_shipped_configs():
+  import glob
+  names = sorted(os.path.basename(p)[:-3] for p in glob.glob(
+      os.path.join(ROOT, 'configs', '*.py')) if not p.endswith('__init__.py'))
+  # default: its full corpus needs a smaller delta (the trainer refuses it
+  # too); the GPU configs need local checkpoints (skipped below if absent).
+  return [n for n in names if n != 'default']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', _runnable_shipped_configs())
+def test_replay_passes_on_every_shipped_config(name):
+  import importlib
+  config = importlib.import_module(f'configs.{name}').get_config()
+  path = config.model.path
+  if path and not path.startswith('package:') and not os.path.exists(
+      os.path.join(ROOT, path)):
+    pytest.skip(f'{name} needs the local checkpoint {path}')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'dpjax.audit', 'replay',
+       f'--config=configs/{name}.py'], cwd=ROOT, capture_output=True,
+      text=True, timeout=3600, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -64,11 +64,22 @@ def test_two_default_runs_add_different_noise_and_draw_different_batches(
 
 
 def test_fixed_seed_mode_reproduces_bit_for_bit_and_says_so(tmp_path, capsys):
-  a = train.train_and_evaluate(_config(insecure_fixed_randomness_seed=5),
-                               str(tmp_path / 'a'))
+  a = train.train_and_evaluate(
+      _config(insecure_fixed_randomness_seed=5, keep_secret_state=True),
+      str(tmp_path / 'a'))
   b = train.train_and_evaluate(_config(insecure_fixed_randomness_seed=5),
                                str(tmp_path / 'b'))
   for x, y in zip(_params(a), _params(b)):
+    np.testing.assert_array_equal(x, y)
+  # Kill after step 1 (the secrets a killed run leaves behind) and resume:
+  # the same bits as the uninterrupted run.
+  cut = tmp_path / 'cut'
+  shutil.copytree(tmp_path / 'a', cut)
+  shutil.rmtree(cut / 'checkpoints' / '2')
+  r = train.train_and_evaluate(
+      _config(insecure_fixed_randomness_seed=5, keep_secret_state=True),
+      str(cut))
+  for x, y in zip(_params(a), _params(r)):
     np.testing.assert_array_equal(x, y)
   printed = capsys.readouterr().out
   progress = [l for l in printed.splitlines() if l.startswith('step ')
