@@ -50,6 +50,13 @@ DROPOUT_KEY_IMPL = 'threefry2x32'  # vmap-invariant (per-record keys)
 _INSECURE_LABEL = b'dpjax insecure fixed randomness seed v1:'
 
 
+def insecure_seed_warning(seed: int) -> str:
+  """The warning every output of a run on an insecure fixed seed carries."""
+  return ('INSECURE FIXED RANDOMNESS: dp.insecure_fixed_randomness_seed='
+          f'{seed}; the guarantee holds only against parties who do not know '
+          'that seed')
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class SecretRandomness:
   """Secret seed material and the keys derived from it.
@@ -146,6 +153,4 @@ class SecretRandomness:
     """The line every output carries in the research mode."""
     if not self.is_insecure:
       return None
-    return ('INSECURE FIXED RANDOMNESS: dp.insecure_fixed_randomness_seed='
-            f'{self.insecure_fixed_seed}; the guarantee holds only against '
-            'parties who do not know that seed')
+    return insecure_seed_warning(self.insecure_fixed_seed)

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from dpjax import configuration
+from dpjax import randomness
 from dpjax.accounting import report as acc_report
 
 
@@ -40,10 +41,9 @@ def _check_randomness(randomness: dict[str, Any] | None) -> None:
 
 def insecure_seed_warning(seed: int) -> str:
   """The first line of every report of a run on an insecure fixed seed."""
-  return (f'INSECURE FIXED RANDOMNESS: dp.insecure_fixed_randomness_seed='
-          f'{seed}. The noise, sampling and dropout were derived from this '
-          'seed, so the guarantee holds ONLY against parties who do not know '
-          'that seed; anyone who has the config can remove the noise.')
+  return (randomness.insecure_seed_warning(seed) + '. The noise, sampling '
+          'and dropout were derived from this seed: anyone who has the '
+          'config can remove the noise.')
 
 
 def _overflow_probability(plan, sampler) -> float | None:

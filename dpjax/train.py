@@ -159,9 +159,8 @@ def _resume_secret(config, store, start: int, total: int):
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) one DP training run; returns the final summary."""
-  configuration.validate(config)
+  model, data, plan, mesh = run_setup.build_inputs(config)  # validates first
   os.makedirs(workdir, exist_ok=True)
-  model, data, plan, mesh = run_setup.build_inputs(config)
   total_steps = config.train.steps
 
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
