@@ -1,6 +1,7 @@
 """DP step versus non-private steps on the same model and batch, one process.
 
   python experiments/step_benchmark.py [--out experiments/results/step_benchmark.json]
+      [--microbatches 4,8] [--rounds 5] [--reps 3]
 
 Model: a Llama-style decoder like shared/ANCHORS.md section 4.1 (4 layers,
 d 256, SwiGLU, RoPE, untied 8000-way head: ~7.3M parameters), batch 32 x
@@ -8,26 +9,44 @@ seq 128, float32, AdamW. Variants, each jitted once and timed in interleaved
 rounds (this machine's speed swings within minutes, so only ratios within a
 run mean anything):
 
-  nonprivate_whole: grad of the mean loss over all 32 examples at once.
-  nonprivate_micro: the same gradient accumulated over micro-batches of 8 in
-                    lax.scan (the best non-private step on XLA:CPU).
-  dp_micro:         dpjax's DP step: vmap(grad) per example, micro-batches of
-                    8 in lax.scan, flat clipping, masked clipped sum, Gaussian
-                    noise, 1/B, AdamW (the training loop's function).
-  dp_micro_small:   the same with micro-batches of 4 (less memory).
+  nonprivate_whole:  grad of the mean loss over all 32 examples at once
+                     (micro-batch = the whole batch).
+  nonprivate_micro{m}: the training loop's non-private step
+                     (`steps.make_train_step(..., private=False)`): the
+                     batch gradient accumulated over micro-batches of m in
+                     lax.scan, no per-example gradients.
+  dp_micro{m}:       dpjax's DP step: vmap(grad) per example, micro-batches
+                     of m in lax.scan, flat clipping, masked clipped sum,
+                     Gaussian noise, 1/B, AdamW (the training loop's step).
+
+for every m in --microbatches. Each round times nonprivate_micro{m} and
+dp_micro{m} back to back, so the equal-micro-batch ratio of one round
+compares steps run seconds apart.
+
+Ratios (`ratios` in the JSON, all DP / non-private):
+
+  equal_microbatch[m]: dp_micro{m} / nonprivate_micro{m}, time (ratio of
+      medians, plus the min and max of the per-round ratios) and memory.
+  best_vs_best: the fastest DP configuration against the fastest
+      non-private one (whole batch included), naming each one's
+      micro-batch; memory is that of those two configurations.
 
 Memory is XLA's compiled memory analysis of each step (arguments + outputs +
 temporaries, minus aliased donated buffers): the step's own peak footprint,
 which on CPU is what per-example gradients would blow up.
+Writes the JSON and a Markdown summary next to it (same name, .md).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -39,6 +58,8 @@ from dpjax import models
 from dpjax import optimizers
 from dpjax import steps as steps_lib
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def build(args):
   module, cfg = models.build_model(
@@ -47,6 +68,7 @@ def build(args):
       num_layers=args.layers, num_heads=args.hidden // 64,
       num_kv_heads=args.hidden // 64, head_dim=64,
       max_position_embeddings=args.seq)
+  del cfg
   tokens = jnp.zeros((1, args.seq), jnp.int32)
   params = jax.jit(module.init)(jax.random.key(0), tokens)['params']
   rng = np.random.default_rng(0)
@@ -66,11 +88,18 @@ def record_loss(module):
   return loss
 
 
-def variants(loss, trainable, frozen, batch, *, micro, dp_micro_small):
+def parse_microbatches(text: str) -> tuple[int, ...]:
+  """'4,8' -> (4, 8), sorted and deduplicated."""
+  return tuple(sorted({int(x) for x in text.split(',') if x.strip()}))
+
+
+def variants(loss, trainable, frozen, batch, *, microbatches=(4, 8)):
   """Jitted step variants on `loss(trainable, frozen, example, key)`.
 
-  Returns {name: (jitted fn, make_args)}; every variant updates `trainable`
-  with AdamW; `frozen` (PEFT base weights) is an argument, never vmapped.
+  Returns {name: (jitted fn, make_args)} in timing order: for each m,
+  `nonprivate_micro{m}` then `dp_micro{m}`, then `nonprivate_whole`. Every
+  variant updates `trainable` with AdamW; `frozen` (PEFT base weights) is an
+  argument, never vmapped.
   """
   b = next(iter(batch.values())).shape[0]
   adamw = optax.adamw(1e-3)
@@ -92,6 +121,7 @@ def variants(loss, trainable, frozen, batch, *, micro, dp_micro_small):
   dp = optimizers.dp_stages(l2_clip_norm=1.0, noise_multiplier=1.0,
                             expected_batch_size=b, learning_rate=1e-3,
                             key=jax.random.key(1), ema_decay=0.0)
+
   def step(stages, m, private):
     return steps_lib.make_train_step(loss, optimizers.post_clip(stages),
                                      l2_clip_norm=1.0, microbatch_size=m,
@@ -105,30 +135,37 @@ def variants(loss, trainable, frozen, batch, *, micro, dp_micro_small):
     p = jax.tree.map(jnp.copy, trainable)
     return steps_lib.TrainState(jnp.zeros((), jnp.int32), p, tx.init(p))
 
+  def args_for(stages):
+    return lambda: (state_for(stages), frozen, batch, mask, dkey, ids)
+
   out = {}
+  for m in microbatches:
+    if b % m:
+      raise ValueError(f'micro-batch {m} does not divide batch {b}')
+    out[f'nonprivate_micro{m}'] = (
+        jax.jit(step(plain, m, False), donate_argnums=(0,)), args_for(plain))
+    out[f'dp_micro{m}'] = (jax.jit(step(dp, m, True), donate_argnums=(0,)),
+                           args_for(dp))
   out['nonprivate_whole'] = (jax.jit(whole, donate_argnums=(0, 1)),
                              lambda: (jax.tree.map(jnp.copy, trainable),
                                       adamw.init(trainable), frozen, batch))
-  out['nonprivate_micro'] = (
-      jax.jit(step(plain, micro, False), donate_argnums=(0,)),
-      lambda: (state_for(plain), frozen, batch, mask, dkey, ids))
-  out['dp_micro'] = (jax.jit(step(dp, micro, True), donate_argnums=(0,)),
-                     lambda: (state_for(dp), frozen, batch, mask, dkey, ids))
-  out['dp_micro_small'] = (
-      jax.jit(step(dp, dp_micro_small, True), donate_argnums=(0,)),
-      lambda: (state_for(dp), frozen, batch, mask, dkey, ids))
   return out
 
 
 def measure(fns, rounds, reps):
-  """(median seconds, all seconds, compile seconds, memory) per variant."""
+  """(median seconds, all seconds, compile seconds, memory) per variant.
+
+  One warm-up call per variant (compilation included), then `rounds`
+  interleaved rounds; each round times `reps` consecutive steps of every
+  variant in `fns`' order.
+  """
   mem, times, compile_s = {}, {k: [] for k in fns}, {}
   for name, (fn, make_args) in fns.items():
     mem[name] = memory_bytes(fn, make_args())
     t = time.perf_counter()
     jax.block_until_ready(fn(*make_args()))
     compile_s[name] = time.perf_counter() - t
-  for _ in range(rounds):  # interleaved rounds
+  for r in range(rounds):  # interleaved rounds
     for name, (fn, make_args) in fns.items():
       a = make_args()
       jax.block_until_ready(a)
@@ -141,24 +178,63 @@ def measure(fns, rounds, reps):
           a = (state,) + tuple(a[1:])
       jax.block_until_ready(a)
       times[name].append((time.perf_counter() - t) / reps)
+    print(f'round {r + 1}/{rounds}: ' + ', '.join(
+        f'{k} {v[-1]:.2f}s' for k, v in times.items()), flush=True)
   med = {k: statistics.median(v) for k, v in times.items()}
   return med, times, compile_s, mem
 
 
-def ratios(med, mem):
-  best_name = min(('nonprivate_whole', 'nonprivate_micro'), key=med.get)
-  best, best_mem = med[best_name], mem[best_name]['total']
-  return best_name, {
-      'dp_time_vs_best_nonprivate': med['dp_micro'] / best,
-      'dp_time_vs_whole_batch': med['dp_micro'] / med['nonprivate_whole'],
-      'dp_memory_vs_best_nonprivate': mem['dp_micro']['total'] / best_mem,
-      'dp_memory_vs_whole_batch': (mem['dp_micro']['total'] /
-                                   mem['nonprivate_whole']['total']),
-      'dp_small_micro_time_vs_best_nonprivate': med['dp_micro_small'] / best,
-      'dp_small_micro_memory_vs_best_nonprivate': (
-          mem['dp_micro_small']['total'] / best_mem),
-      'micro_time_vs_whole_batch': (med['nonprivate_micro'] /
-                                    med['nonprivate_whole']),
+def compare(num: str, den: str, times, mem) -> dict:
+  """Time and memory of variant `num` over variant `den` (same run).
+
+  time: ratio of the median step times; time_per_round_min / _max: the
+  extremes of the per-round ratios (both variants timed in the same round,
+  seconds apart), a direct view of the noise.
+  """
+  per_round = [a / b for a, b in zip(times[num], times[den])]
+  return {
+      'dp': num, 'nonprivate': den,
+      'time': statistics.median(times[num]) / statistics.median(times[den]),
+      'time_per_round_min': min(per_round),
+      'time_per_round_max': max(per_round),
+      'memory': mem[num]['total'] / mem[den]['total'],
+  }
+
+
+def fastest(names, times):
+  return min(names, key=lambda k: statistics.median(times[k]))
+
+
+def ratios(times, mem, microbatches, batch_size: int) -> dict:
+  """The `ratios` block: equal micro-batch, and each engine's best.
+
+  Args:
+    times: {variant: [seconds per round]} from `measure`.
+    mem: {variant: memory_bytes(...)} from `measure`.
+    microbatches: the micro-batch sizes m with `dp_micro{m}` and
+      `nonprivate_micro{m}` variants.
+    batch_size: B (the micro-batch of `nonprivate_whole`).
+  """
+  mb = {f'nonprivate_micro{m}': m for m in microbatches}
+  mb['nonprivate_whole'] = batch_size
+  mb.update({f'dp_micro{m}': m for m in microbatches})
+  np_names = [k for k in mb if k.startswith('nonprivate_') and k in times]
+  dp_names = [k for k in mb if k.startswith('dp_') and k in times]
+  best_np, best_dp = fastest(np_names, times), fastest(dp_names, times)
+  lean_np = min(np_names, key=lambda k: mem[k]['total'])
+  lean_dp = min(dp_names, key=lambda k: mem[k]['total'])
+  return {
+      'equal_microbatch': {
+          str(m): compare(f'dp_micro{m}', f'nonprivate_micro{m}', times, mem)
+          for m in microbatches},
+      'best_vs_best': {
+          'criterion': 'fastest median step of each engine',
+          'dp_microbatch': mb[best_dp], 'nonprivate_microbatch': mb[best_np],
+          **compare(best_dp, best_np, times, mem)},
+      'leanest_vs_leanest': {
+          'criterion': 'smallest memory of each engine',
+          'dp_microbatch': mb[lean_dp], 'nonprivate_microbatch': mb[lean_np],
+          **compare(lean_dp, lean_np, times, mem)},
   }
 
 
@@ -170,6 +246,120 @@ def memory_bytes(fn, args) -> dict[str, int]:
           'arguments': int(m.argument_size_in_bytes)}
 
 
+def _git(*cmd) -> str:
+  try:
+    return subprocess.run(('git',) + cmd, cwd=REPO, capture_output=True,
+                          text=True, check=True).stdout
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+
+
+def run_info() -> dict:
+  """Provenance: commit, uncommitted code changes, versions, machine."""
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  dirty = _git('status', '--porcelain', '--', 'dpjax', 'configs',
+               'experiments/*.py')
+  return {
+      'git_commit': _git('rev-parse', '--short', 'HEAD').strip(),
+      'git_uncommitted_code': [l[3:] for l in dirty.splitlines()
+                               if l.strip()] if dirty != 'unknown' else dirty,
+      'date_utc': datetime.datetime.now(datetime.timezone.utc).strftime(
+          '%Y-%m-%d %H:%M'),
+      'command': ' '.join([os.path.relpath(sys.argv[0], REPO)] +
+                          sys.argv[1:]),
+      'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
+      'backend': jax.default_backend(), 'cpu_count': os.cpu_count(),
+      'machine': platform.machine(), 'python': platform.python_version(),
+  }
+
+
+def rounds_note(rounds: int, default: int, note: str = '') -> str:
+  """States a departure from the default number of rounds, plus `note`."""
+  parts = []
+  if rounds != default:
+    parts.append(f'Ran {rounds} rounds instead of the default {default}.')
+  if note:
+    parts.append(note)
+  return ' '.join(parts)
+
+
+def ratio_rows(rat: dict, label: str = '') -> list[str]:
+  """Markdown rows `| label | comparison | time | per-round | memory |`."""
+  rows = []
+  for m, r in rat['equal_microbatch'].items():
+    rows.append(f'| {label}equal micro-batch {m} | `{r["dp"]}` / '
+                f'`{r["nonprivate"]}` | {r["time"]:.2f}x | '
+                f'{r["time_per_round_min"]:.2f}-{r["time_per_round_max"]:.2f}'
+                f' | {r["memory"]:.2f}x |')
+  for key, what in (('best_vs_best', 'best vs best (fastest)'),
+                    ('leanest_vs_leanest', 'leanest vs leanest (memory)')):
+    r = rat[key]
+    rows.append(f'| {label}{what}: DP mb {r["dp_microbatch"]} vs '
+                f'non-private mb {r["nonprivate_microbatch"]} | `{r["dp"]}` / '
+                f'`{r["nonprivate"]}` | {r["time"]:.2f}x | '
+                f'{r["time_per_round_min"]:.2f}-{r["time_per_round_max"]:.2f}'
+                f' | {r["memory"]:.2f}x |')
+  return rows
+
+
+RATIO_HEADER = ['| comparison | variants (DP / non-private) | time | '
+                'per-round time ratios (min-max) | memory |',
+                '|---|---|---:|---:|---:|']
+
+
+def variant_rows(med, mem, times, label: str = '') -> list[str]:
+  rows = []
+  for k in med:
+    spread = (max(times[k]) - min(times[k])) / med[k]
+    rows.append(f'| {label}{k} | {med[k]:.3f} | {spread * 100:.0f}% | '
+                f'{mem[k]["total"] / 2**20:.0f} ({mem[k]["temp"] / 2**20:.0f})'
+                ' |')
+  return rows
+
+
+VARIANT_HEADER = ['| variant | median s/step | round spread (max-min)/median '
+                  '| memory MB (temp) |', '|---|---:|---:|---:|']
+
+
+def provenance_line(s: dict) -> str:
+  dirty = s['git_uncommitted_code']
+  return (f"Commit `{s['git_commit']}`"
+          + (f" (uncommitted changes in: {', '.join(dirty)})" if dirty else '')
+          + f"; jax {s['jax']} ({s['backend']}), {s['cpu_count']} CPUs, "
+          f"{s['date_utc']} UTC; `{s['command']}`.")
+
+
+def markdown(result: dict) -> str:
+  s = result['setup']
+  lines = [
+      f"# DP step vs non-private step ({s['params'] / 1e6:.1f}M-parameter "
+      'decoder)', '',
+      f"{s['params']:,} parameters (Llama-style, {s['layers']} layers, d "
+      f"{s['hidden']}, vocab {s['vocab']}), batch {s['batch']} x seq "
+      f"{s['seq']}, float32, AdamW; micro-batches "
+      f"{', '.join(map(str, s['microbatches']))}; {s['rounds']} interleaved "
+      f"rounds x {s['reps_per_round']} steps after one warm-up call. "
+      + provenance_line(s), '']
+  if s.get('note'):
+    lines += [s['note'], '']
+  lines += ['## Ratios (DP / non-private)', ''] + RATIO_HEADER + ratio_rows(
+      result['ratios'])
+  lines += ['', '## Variants', ''] + VARIANT_HEADER + variant_rows(
+      result['median_step_seconds'], result['memory_bytes'],
+      result['all_step_seconds'])
+  lines += ['', FOOTER.format(script='experiments/step_benchmark.py'), '']
+  return '\n'.join(lines)
+
+
+FOOTER = ('Time: ratio of median step times; the per-round column gives the '
+          'extremes of the ratio within single rounds (both steps timed '
+          'seconds apart), so it shows how much of a ratio is noise. Memory: '
+          'XLA compiled memory analysis (arguments + outputs + temporaries - '
+          'aliased donated buffers), exact and deterministic. Only ratios '
+          'within one run mean anything: this machine\'s speed drifts 2-5x. '
+          'Generated by `{script}`; do not edit by hand.')
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument('--out', default=os.path.join(os.path.dirname(__file__),
@@ -177,44 +367,49 @@ def main():
                                                 'step_benchmark.json'))
   ap.add_argument('--batch', type=int, default=32)
   ap.add_argument('--seq', type=int, default=128)
-  ap.add_argument('--micro', type=int, default=8)
-  ap.add_argument('--dp_micro_small', type=int, default=4)
+  ap.add_argument('--microbatches', default='4,8')
   ap.add_argument('--hidden', type=int, default=256)
   ap.add_argument('--layers', type=int, default=4)
   ap.add_argument('--vocab', type=int, default=8000)
   ap.add_argument('--rounds', type=int, default=5)
   ap.add_argument('--reps', type=int, default=3)
+  ap.add_argument('--note', default='',
+                  help='free text recorded in the JSON and the .md, e.g. why '
+                  'the rounds were reduced')
   args = ap.parse_args()
+  mbs = parse_microbatches(args.microbatches)
+  t0 = time.perf_counter()
 
   module, params, batch = build(args)
   n_params = sum(x.size for x in jax.tree.leaves(params))
-  fns = variants(record_loss(module), params, {}, batch, micro=args.micro,
-                 dp_micro_small=args.dp_micro_small)
+  fns = variants(record_loss(module), params, {}, batch, microbatches=mbs)
   med, times, compile_s, mem = measure(fns, args.rounds, args.reps)
-  best_name, rat = ratios(med, mem)
+  rat = ratios(times, mem, mbs, args.batch)
   result = {
       'setup': {'params': int(n_params), 'batch': args.batch, 'seq': args.seq,
-                'microbatch': args.micro,
-                'dp_microbatch_small': args.dp_micro_small,
-                'hidden': args.hidden, 'layers': args.layers,
-                'vocab': args.vocab, 'rounds': args.rounds,
-                'reps_per_round': args.reps, 'jax': jax.__version__,
-                'backend': jax.default_backend(),
-                'cpu_count': os.cpu_count(), 'machine': platform.machine()},
+                'microbatches': list(mbs), 'hidden': args.hidden,
+                'layers': args.layers, 'vocab': args.vocab,
+                'dtype': 'float32', 'optimizer': 'adamw lr 1e-3',
+                'dp_noise_multiplier': 1.0, 'dp_l2_clip_norm': 1.0,
+                'rounds': args.rounds, 'reps_per_round': args.reps,
+                'note': rounds_note(args.rounds, ap.get_default('rounds'),
+                                   args.note),
+                **run_info()},
+      'ratios': rat,
       'median_step_seconds': med,
       'all_step_seconds': times,
       'first_call_seconds_incl_compile': compile_s,
       'memory_bytes': mem,
-      'best_nonprivate': best_name,
-      'ratios': rat,
-      'targets': {'time_ratio_max': 1.15, 'memory_ratio_max': 1.2},
+      'wall_seconds': None,
   }
+  result['wall_seconds'] = time.perf_counter() - t0
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, 'w') as f:
     json.dump(result, f, indent=2)
-  print(json.dumps({'median_step_seconds': med, 'ratios': rat,
-                    'memory_MB': {k: v['total'] / 2**20
-                                  for k, v in mem.items()}}, indent=2))
+  md = markdown(result)
+  with open(os.path.splitext(args.out)[0] + '.md', 'w') as f:
+    f.write(md)
+  print(md, flush=True)
 
 
 if __name__ == '__main__':
