@@ -1,0 +1,667 @@
+"""Renders README.md's "Measured" section from the committed result files.
+
+  python experiments/readme_measured.py          # rewrite the section
+  python experiments/readme_measured.py --check  # exit 1 (with a diff) if
+                                                 # README.md differs
+
+Every number in the section is read or computed from a file under
+experiments/results/; nothing here types in a measured figure. The section
+lies between the markers `<!-- measured:begin -->` and
+`<!-- measured:end -->` in README.md (the heading stays outside them).
+
+To add a figure: write a function `row_<name>(results) -> list[Row]` that
+reads its file(s) with `results.json(...)`, `results.csv(...)` or
+`results.jsonl(...)`, takes values with `get(data, file, 'a', 'b', ...)`
+(a missing key raises `ResultKeyError` naming the file and the key), and
+append it to `RENDERERS`. Then run this script and commit README.md with the
+result file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import difflib
+import json
+import math
+import pathlib
+import re
+import statistics
+import sys
+from typing import Any, Callable
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / 'experiments' / 'results'
+README = ROOT / 'README.md'
+BEGIN = '<!-- measured:begin -->'
+END = '<!-- measured:end -->'
+_MISSING = object()
+# id(container) -> its key path in its file, so that an error in a sub-dict
+# names the whole path; cleared before each renderer runs (see render()).
+_PATHS: dict[int, str] = {}
+
+
+class ResultKeyError(KeyError):
+  """A result file lacks a key (or a row) that the README section needs."""
+
+  def __str__(self) -> str:
+    return str(self.args[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One line of the Measured table.
+
+  Attributes:
+    what: what was measured (and on what).
+    figure: the figure(s), with their qualifiers.
+    files: result file names under experiments/results/.
+  """
+  what: str
+  figure: str
+  files: tuple[str, ...]
+
+
+class Results:
+  """Reads result files from one directory, naming the file in every error.
+
+  Args:
+    directory: the results directory (experiments/results/ by default).
+  """
+
+  def __init__(self, directory: pathlib.Path | str = RESULTS_DIR):
+    self.directory = pathlib.Path(directory)
+
+  def exists(self, name: str) -> bool:
+    """Whether the result file `name` exists."""
+    return (self.directory / name).is_file()
+
+  def _path(self, name: str) -> pathlib.Path:
+    path = self.directory / name
+    if not path.is_file():
+      raise FileNotFoundError(f'experiments/results/{name}: no such result '
+                              f'file (looked in {self.directory})')
+    return path
+
+  def json(self, name: str) -> Any:
+    """Parsed JSON (NaN and Infinity allowed, as Python writes them)."""
+    return json.loads(self._path(name).read_text())
+
+  def jsonl(self, name: str) -> list[dict[str, Any]]:
+    """One parsed JSON object per non-empty line."""
+    lines = self._path(name).read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+  def csv(self, name: str) -> list[dict[str, str]]:
+    """CSV rows as dicts of strings (empty cells are '')."""
+    with self._path(name).open(newline='') as f:
+      return list(csv.DictReader(f))
+
+
+def get(data: Any, file: str, *keys: str | int) -> Any:
+  """data[k0][k1]..., raising ResultKeyError naming the file and key path.
+
+  Args:
+    data: parsed file contents (or a part of them).
+    file: the file's name, for the error message.
+    *keys: dict keys or list indices, outermost first.
+
+  Returns:
+    The value at that path. Empty CSV cells count as missing.
+
+  Raises:
+    ResultKeyError: when any key on the path is absent.
+  """
+  node = data
+  prefix = _PATHS.get(id(data))
+  for i, key in enumerate(keys):
+    try:
+      node = node[key]
+    except (KeyError, IndexError, TypeError):
+      node = _MISSING
+    path = '.'.join(([prefix] if prefix else [])
+                    + [str(k) for k in keys[:i + 1]])
+    if isinstance(node, (dict, list)):
+      _PATHS[id(node)] = path
+    if node is _MISSING or node == '':
+      raise ResultKeyError(
+          f'experiments/results/{file}: missing key {path!r} '
+          '(needed by experiments/readme_measured.py; rerun the experiment '
+          'or adapt its renderer)')
+  return node
+
+
+def num(data: Any, file: str, *keys: str | int) -> float:
+  """get(...) converted to float ('inf', 'nan' strings allowed)."""
+  value = get(data, file, *keys)
+  try:
+    return float(value)
+  except (TypeError, ValueError) as e:
+    path = '.'.join(str(k) for k in keys)
+    raise ResultKeyError(f'experiments/results/{file}: key {path!r} is '
+                         f'{value!r}, not a number') from e
+
+
+def select(rows: list[dict[str, Any]], file: str,
+           **where: Any) -> list[dict[str, Any]]:
+  """The rows whose fields equal `where` (at least one, else ResultKeyError)."""
+  out = [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+  if not out:
+    cond = ', '.join(f'{k}={v!r}' for k, v in where.items())
+    raise ResultKeyError(f'experiments/results/{file}: no row with {cond}')
+  return out
+
+
+def g3(x: float) -> str:
+  """Three significant digits, no exponent for ordinary magnitudes."""
+  if math.isinf(x):
+    return '∞'
+  if x != 0 and (abs(x) >= 1e4 or abs(x) < 1e-3):
+    mantissa, exp = f'{x:.1e}'.split('e')
+    return f'{mantissa.removesuffix(".0")}e{int(exp)}'
+  return f'{x:.3g}'
+
+
+def sci(x: float) -> str:
+  """A small setting such as δ as '1e-5' (not Python's '1e-05')."""
+  mantissa, exp = f'{x:g}'.split('e') if 'e' in f'{x:g}' else (f'{x:g}', '')
+  return f'{mantissa}e{int(exp)}' if exp else mantissa
+
+
+def x2(ratio: float) -> str:
+  """A ratio as '1.04×'."""
+  return f'{ratio:.2f}×'
+
+
+def span(values: list[float], fmt: Callable[[float], str] = g3) -> str:
+  """'lo–hi' (or one value when they format alike)."""
+  lo, hi = fmt(min(values)), fmt(max(values))
+  if lo == hi:
+    return lo
+  return f'{lo} to {hi}' if min(values) < 0 else f'{lo}–{hi}'
+
+
+# --------------------------------------------------------------------------
+# One renderer per figure. Each returns a list of Rows (empty to skip).
+# --------------------------------------------------------------------------
+
+
+def row_quickstart(results: Results) -> list[Row]:
+  """`make run`: NLL before/after (raw, EMA), ε with its accountant, δ."""
+  rf, mf = 'quickstart_privacy_report.json', 'quickstart_metrics.jsonl'
+  report, metrics = results.json(rf), results.jsonl(mf)
+  evals = [m for m in metrics if 'eval_loss' in m]
+  if not evals:
+    raise ResultKeyError(f'experiments/results/{mf}: no line with '
+                         "key 'eval_loss'")
+  first, last = evals[0], evals[-1]
+  final = get(report, rf, 'evaluation')
+  for key in ('eval_loss', 'eval_loss_ema'):
+    if num(final, rf, key) != num(last, mf, key):
+      raise ValueError(f'{rf} evaluation.{key} = {final[key]} but the last '
+                       f'line of {mf} has {last[key]}: not the same run')
+  mech = get(report, rf, 'mechanism')
+  accountant = get(mech, rf, 'calibration_accountant')
+  rows = get(report, rf, 'privacy', 'rows')
+  (bound,) = select(rows, rf, accountant=accountant)
+  others = [r for r in rows if r is not bound and r.get('kind') == 'upper bound']
+  other = ''.join(f'; {get(r, rf, "accountant").upper()} bound '
+                  f'{num(r, rf, "epsilon"):.3g}' for r in others)
+  source = get(report, rf, 'randomness', 'source')
+  source = {'os_entropy': 'OS-entropy noise'}.get(source, f'{source} noise')
+  private = 'private' if get(report, rf, 'private') else 'NOT private'
+  return [Row(
+      'make run (quickstart: '
+      f'{num(mech, rf, "steps"):.0f} steps, expected batch '
+      f'{num(mech, rf, "expected_batch_size"):.0f}, {private}, {source})',
+      f'held-out NLL {num(first, mf, "eval_loss"):.3f} → '
+      f'{num(final, rf, "eval_loss"):.3f} (raw) / '
+      f'{num(final, rf, "eval_loss_ema"):.3f} (EMA) nats/token at '
+      f'ε = {num(bound, rf, "epsilon"):.2f} ({accountant.upper()} '
+      f'{get(bound, rf, "kind")}, δ = {sci(num(bound, rf, "delta"))}{other}); '
+      'another run draws other noise and batches, so the last digits vary. '
+      'Wall time: not recorded in these files',
+      (rf, mf))]
+
+
+def _step_ratios(bench: dict[str, Any], file: str, *prefix: str) -> str:
+  """DP vs non-private step ratios of step_benchmark-style results.
+
+  Uses a `ratios` block's equal-micro-batch and best-vs-best entries when
+  the file has them, else computes the equal-micro-batch ratio (dp_micro vs
+  nonprivate_micro, the same micro-batch) from the medians and memory.
+  """
+  node = get(bench, file, *prefix) if prefix else bench
+  ratios = get(node, file, 'ratios')
+  parts = []
+  if 'equal_microbatch' in ratios or 'best_vs_best' in ratios:
+    for key, label in (('equal_microbatch', 'equal micro-batch'),
+                       ('best_vs_best', 'best DP vs best non-private')):
+      block = get(ratios, file, key)
+      parts.append(f'{label}: {x2(num(block, file, "time"))} time, '
+                   f'{x2(num(block, file, "memory"))} memory')
+    return '; '.join(parts)
+  med = get(node, file, 'median_step_seconds')
+  mem = get(node, file, 'memory_bytes')
+  time = num(med, file, 'dp_micro') / num(med, file, 'nonprivate_micro')
+  memory = (num(mem, file, 'dp_micro', 'total')
+            / num(mem, file, 'nonprivate_micro', 'total'))
+  return (f'DP vs non-private at equal micro-batch: {x2(time)} time, '
+          f'{x2(memory)} memory')
+
+
+def row_step_benchmark(results: Results) -> list[Row]:
+  """DP step vs non-private step, 7.3M decoder (step_benchmark.json)."""
+  f = 'step_benchmark.json'
+  d = results.json(f)
+  s = get(d, f, 'setup')
+  return [Row(
+      f'DP step vs non-private step, {num(s, f, "params") / 1e6:.1f}M-'
+      f'parameter decoder, batch {num(s, f, "batch"):.0f} × '
+      f'{num(s, f, "seq"):.0f}, micro-batch {num(s, f, "microbatch"):.0f}',
+      _step_ratios(d, f), (f,))]
+
+
+def row_smollm2_step_benchmark(results: Results) -> list[Row]:
+  """The same on SmolLM2-135M, LoRA and full (smollm2_step_benchmark.json)."""
+  f = 'smollm2_step_benchmark.json'
+  d = results.json(f)
+  s = get(d, f, 'setup')
+  modes = str(get(s, f, 'modes')).split(',')
+  figure = ' — '.join(
+      f'{"LoRA" if m == "lora" else "full fine-tuning" if m == "full" else m}'
+      f' ({num(d, f, m, "trainable_params") / 1e6:.3g}M trainable): '
+      f'{_step_ratios(d, f, m)}' for m in modes)
+  return [Row(
+      f'DP step vs non-private step, {get(s, f, "model")}, batch '
+      f'{num(s, f, "batch"):.0f} × {num(s, f, "seq"):.0f}, micro-batch '
+      f'{num(s, f, "micro"):.0f}', figure, (f,))]
+
+
+def row_rgp_step_benchmark(results: Results) -> list[Row]:
+  """DP-RGP step vs non-private RGP and full fine-tuning (rgp_step_benchmark)."""
+  f = 'rgp_step_benchmark.json'
+  d = results.json(f)
+  s = get(d, f, 'setup')
+  micro = num(s, f, 'microbatch')
+  table = get(d, f, 'table')
+  rgp, rgp_np = f'dp_rgp_micro{micro:.0f}', f'rgp_nonprivate_micro{micro:.0f}'
+  full = f'dp_full_micro{micro:.0f}'
+  control = f'dp_rgp_trainable_no_carriers_micro{micro:.0f}'
+  med = get(d, f, 'median_step_seconds')
+  mem = get(d, f, 'memory_bytes')
+
+  def vs(a: str, b: str) -> str:
+    return (f'{x2(num(med, f, a) / num(med, f, b))} time, '
+            f'{x2(num(mem, f, a, "total") / num(mem, f, b, "total"))} memory')
+
+  saving = 1 - (num(mem, f, rgp, 'temp') / num(mem, f, control, 'temp'))
+  best = get(d, f, 'best_nonprivate')
+  return [Row(
+      f'RGP rank {num(s, f, "rgp_rank"):.0f}, {get(s, f, "model")}, batch '
+      f'{num(s, f, "batch"):.0f} × {num(s, f, "seq_len"):.0f}, micro-batch '
+      f'{micro:.0f}',
+      f'DP-RGP vs non-private RGP: {vs(rgp, rgp_np)}; DP-RGP vs the best '
+      f'non-private full fine-tuning step: '
+      f'{x2(num(table, f, rgp, "time_vs_best_nonprivate"))} time, '
+      f'{x2(num(table, f, rgp, "memory_vs_best_nonprivate"))} memory '
+      f'(DP full fine-tuning: {vs(full, best)}); most of the saving is RGP\'s '
+      f'{num(d, f, "rgp_frozen_params") / 1e6:.1f}M frozen parameters, the '
+      f'carriers save a further {saving:.0%} of temporaries',
+      (f, 'rgp_step_benchmark.md'))]
+
+
+def row_privacy_utility(results: Results) -> list[Row]:
+  """Held-out NLL at several ε (privacy_utility.json)."""
+  f = 'privacy_utility.json'
+  rows = results.json(f)
+  if not isinstance(rows, list) or not rows:
+    raise ResultKeyError(f'experiments/results/{f}: expected a list of rows')
+  private = [r for r in rows if math.isfinite(num(r, f, 'pld_epsilon'))]
+  nonprivate = [r for r in rows if not math.isfinite(num(r, f, 'pld_epsilon'))]
+  untuned = {num(r, f, 'nll_untuned') for r in rows}
+  steps = {num(r, f, 'steps') for r in rows}
+  batch = {num(r, f, 'expected_batch') for r in rows}
+  if len(untuned) != 1 or len(steps) != 1 or len(batch) != 1:
+    raise ValueError(f'{f}: rows differ in nll_untuned, steps or '
+                     'expected_batch; the README row assumes one setting')
+  figure = (f'held-out NLL {untuned.pop():.3f} un-tuned → '
+            + ' / '.join(f'{num(r, f, "nll_raw"):.3f}' for r in private)
+            + ' at PLD ε = '
+            + ' / '.join(f'{num(r, f, "pld_epsilon"):.3g}' for r in private)
+            + ''.join(f' → {num(r, f, "nll_raw"):.3f} non-private'
+                      for r in nonprivate)
+            + ' (raw weights, one run each)')
+  return [Row(f'Privacy–utility, SmolLM2, {steps.pop():.0f} steps × expected '
+              f'batch {batch.pop():.0f}', figure,
+              (f, 'privacy_utility.csv', 'privacy_utility.png'))]
+
+
+def row_canary_exposure(results: Results) -> list[Row]:
+  """Canary exposure with and without DP (canary_exposure.json)."""
+  f = 'canary_exposure.json'
+  rows = results.json(f)
+
+  def bits(dp: bool) -> str:
+    sel = sorted(select(rows, f, dp=dp), key=lambda r: num(r, f, 'repetitions'))
+    return ', '.join(f'{num(r, f, "repetitions"):.0f}× '
+                     f'{num(r, f, "exposure_bits"):.1f}' for r in sel)
+
+  dp_rows = select(rows, f, dp=True)
+  eps = {round(num(r, f, 'pld_epsilon'), 6) for r in dp_rows}
+  ceiling = {num(r, f, 'max_exposure_bits') for r in rows}
+  chance = {num(r, f, 'chance_exposure_bits') for r in rows}
+  if len(eps) != 1 or len(ceiling) != 1 or len(chance) != 1:
+    raise ValueError(f'{f}: rows differ in pld_epsilon, max_exposure_bits or '
+                     'chance_exposure_bits')
+  return [Row(
+      'Canary exposure (bits, by times a canary is seen)',
+      f'without DP: {bits(False)}; with DP at PLD ε = {g3(eps.pop())}: '
+      f'{bits(True)} (ceiling {ceiling.pop():.1f}, chance '
+      f'{chance.pop():.1f}): the guarantee is per record, and k copies are '
+      'a group of k',
+      (f, 'canary_exposure.csv', 'canary_exposure.png'))]
+
+
+def row_ewtune(results: Results) -> list[Row]:
+  """EW-Tune's Edgeworth σ vs the PLD bound (ewtune_sigma_table.csv)."""
+  f = 'ewtune_sigma_table.csv'
+  rows = results.csv(f)
+  if not rows:
+    raise ResultKeyError(f'experiments/results/{f}: no rows')
+  target = {num(r, f, 'target_eps') for r in rows}
+  if len(target) != 1:
+    raise ValueError(f'{f}: several target_eps values')
+  tasks = list(dict.fromkeys(get(r, f, 'task') for r in rows))
+  return [Row(
+      f'EW-Tune σ table ({", ".join(tasks)}; δ '
+      f'{" / ".join(sci(v) for v in sorted({num(r, f, "delta") for r in rows}))})',
+      f'the Edgeworth σ for ε = {g3(target.pop())} is '
+      f'{span([-num(r, f, "ew_vs_pld_pct") for r in rows], lambda v: f"{v:.1f}")}'
+      '% below the tight PLD σ, but at that σ the PLD upper bound is '
+      f'ε = {span([num(r, f, "eps_pld_at_sigma_ew") for r in rows], lambda v: f"{v:.2f}")}: the '
+      '"saving" is the estimate understating ε',
+      (f, 'ewtune_sigma_table.md'))]
+
+
+def row_lmo(results: Results) -> list[Row]:
+  """LMO-DP: the artifact's search vs sound accounting (lmo_table.csv)."""
+  f = 'lmo_table.csv'
+  rows = select(results.csv(f), f, table='search', search='grid, paper-faithful')
+  mc_key = next((k for k in rows[0] if k.startswith('mc_lower_eps_delta_')),
+                None)
+  if mc_key is None:
+    raise ResultKeyError(f"experiments/results/{f}: missing key "
+                         "'mc_lower_eps_delta_*'")
+  mc_delta = mc_key.removeprefix('mc_lower_eps_delta_')
+  return [Row(
+      'LMO-DP, the artifact\'s parameter search (paper-faithful grid, per step)',
+      f'claimed ε {span([num(r, f, "claimed_eps") for r in rows])}; sound '
+      f'upper bound {span([num(r, f, "sound_eps") for r in rows])}; a '
+      f'Monte-Carlo lower estimate (δ = {mc_delta}) of '
+      f'{span([num(r, f, mc_key) for r in rows])} refutes the claims',
+      (f, 'lmo_table.md'))]
+
+
+def row_dp_adam_ac(results: Results) -> list[Row]:
+  """DP-Adam-AC minus DP-AdamW, paired (dp_adam_ac_summary.csv)."""
+  f = 'dp_adam_ac_summary.csv'
+  rows = select(results.csv(f), f, formally_private='yes')
+  ac = {(r['model'], r['target_epsilon'], r['clip0'], r['rep']): r
+        for r in rows if r.get('method') == 'dp_adam_ac'}
+  fixed = {(r['model'], r['target_epsilon'], r['clip0'], r['rep']): r
+           for r in rows if r.get('method') == 'dp_adamw_fixed_c'}
+  pairs = sorted(set(ac) & set(fixed))
+  if not pairs:
+    raise ResultKeyError(f'experiments/results/{f}: no dp_adam_ac / '
+                         'dp_adamw_fixed_c pair')
+  diff = {k: num(ac[k], f, 'eval_ema') - num(fixed[k], f, 'eval_ema')
+          for k in pairs}
+  clips = sorted({k[2] for k in pairs}, key=float)
+  parts = []
+  for clip in clips:
+    ds = [v for k, v in diff.items() if k[2] == clip]
+    models = sorted({k[0] for k in pairs if k[2] == clip})
+    parts.append(f'C₀ = {g3(float(clip))}: {span(ds, lambda v: f"{v:+.3f}")} '
+                 f'({len(ds)} pairs, {", ".join(models)})')
+  eps = sorted({float(k[1]) for k in pairs})
+  return [Row(
+      'DP-Adam-AC minus DP-AdamW (fixed C), held-out EMA loss, same seed, '
+      f'PLD ε {" / ".join(g3(e) for e in eps)}, small synthetic CPU '
+      'reproduction',
+      '; '.join(parts) + ' nats (negative: DP-Adam-AC better)',
+      (f, 'dp_adam_ac_summary.md'))]
+
+
+def row_mechanism_comparison(results: Results) -> list[Row]:
+  """Gaussian vs Edgeworth-calibrated vs LMO (mechanism_comparison.json)."""
+  f = 'mechanism_comparison.json'
+  d = results.json(f)
+  runs = get(d, f, 'results')
+
+  def of(run: str) -> list[dict[str, Any]]:
+    return select(runs, f, run=run)
+
+  def mean(run: str, key: str) -> float:
+    return statistics.mean(num(r, f, key) for r in of(run))
+
+  def seeds(run: str) -> int:
+    return len(of(run))
+
+  gauss, edge, lmo = of('gaussian_pld'), of('gaussian_edgeworth'), of('lmo_sound')
+  edge_estimate = statistics.mean(
+      num(r, f, 'epsilon_rows', 'edgeworth') for r in edge)
+  lmo_below = (max(num(r, f, 'accuracy') for r in lmo)
+               < min(num(r, f, 'accuracy') for r in gauss))
+  initial = statistics.mean(num(r, f, 'accuracy_initial') for r in gauss)
+  paper = of('lmo_paper_faithful_not_private')
+  nonpriv = of('nonprivate')
+  extra = []
+  if paper:
+    p = paper[0]
+    extra.append(
+        f'{num(p, f, "accuracy"):.3f} for LMO as the paper runs it (NOT '
+        f'private: sound bound {g3(num(p, f, "sound_epsilon"))} for the '
+        "paper's "
+        f'{g3(num(p, f, "epsilon_rows", "lmo_paper_faithful_not_private"))}'
+        f', {seeds("lmo_paper_faithful_not_private")} seed)')
+  if nonpriv:
+    extra.append(f'{mean("nonprivate", "accuracy"):.3f} without DP '
+                 f'({seeds("nonprivate")} seed)')
+  n = {seeds('gaussian_pld'), seeds('gaussian_edgeworth'), seeds('lmo_sound')}
+  return [Row(
+      'Gaussian vs Edgeworth-calibrated Gaussian vs LMO, MiniLM with RGP, '
+      f'{num(d, f, "args", "steps"):.0f} steps, mean of '
+      f'{"/".join(str(k) for k in sorted(n))} seeds',
+      f'held-out accuracy {initial:.3f} before → '
+      f'{mean("gaussian_pld", "accuracy"):.3f} (Gaussian, PLD ε '
+      f'{g3(mean("gaussian_pld", "sound_epsilon"))}), '
+      f'{mean("gaussian_edgeworth", "accuracy"):.3f} (Edgeworth-calibrated '
+      f'to an estimated ε {g3(edge_estimate)}'
+      f': its PLD bound is **{g3(mean("gaussian_edgeworth", "sound_epsilon"))}**), '
+      f'{mean("lmo_sound", "accuracy"):.3f} (LMO, sound ε '
+      f'{g3(mean("lmo_sound", "sound_epsilon"))}'
+      + ('; every seed below every Gaussian seed' if lmo_below else '') + ')'
+      + (f'; {", ".join(extra)}' if extra else ''),
+      (f, 'mechanism_comparison.md'))]
+
+
+def row_secret_randomness(results: Results) -> list[Row]:
+  """Cost of secret randomness and float32 sums (secret_randomness_cost)."""
+  f = 'secret_randomness_cost.json'
+  d = results.json(f)
+  s, r = get(d, f, 'setup'), get(d, f, 'ratios')
+  return [Row(
+      'Secret randomness and float32 clipped sums, '
+      f'{num(s, f, "layers"):.0f}-layer decoder, dropout '
+      f'{num(s, f, "dropout"):g}, batch {num(s, f, "batch"):.0f} × '
+      f'{num(s, f, "seq"):.0f}, micro-batch {num(s, f, "micro"):.0f}, '
+      'interleaved',
+      'OS-entropy rbg key with per-record dropout keys vs public-seed '
+      f'threefry with slot keys: {x2(num(r, f, "secret_vs_previous_time"))} '
+      f'time, {x2(num(r, f, "secret_vs_previous_memory"))} memory; float32 '
+      'vs bfloat16-rounded clipped sum (bfloat16 parameters): '
+      f'{x2(num(r, f, "f32_sum_vs_bf16_sum_time"))} time, '
+      f'{x2(num(r, f, "f32_sum_vs_bf16_sum_memory"))} memory; drawing the '
+      f'secret: {num(d, f, "secret_seeding_seconds_once_per_run"):.2f} s '
+      'once per run',
+      (f,))]
+
+
+def row_accounting(results: Results) -> list[Row]:
+  """dpjax accountants vs dp-accounting (accounting_benchmark.json)."""
+  f = 'accounting_benchmark.json'
+  d = results.json(f)
+  rows = get(d, f, 'rows')
+
+  def steps(r: dict[str, Any]) -> int:
+    m = re.search(r'steps=(\d+)', str(get(r, f, 'setting')))
+    if not m:
+      raise ResultKeyError(f'experiments/results/{f}: setting '
+                           f'{r["setting"]!r} names no steps=')
+    return int(m.group(1))
+
+  pld = max(select(rows, f, task='pld_epsilon'), key=steps)
+  cal = select(rows, f, task='pld_calibrate_sigma')
+  return [Row(
+      'Accountants, dpjax vs dp-accounting '
+      f'{get(d, f, "versions", "dp_accounting")} (median of '
+      f'{num(d, f, "setting", "repeats"):.0f}, q = '
+      f'{num(d, f, "setting", "q"):g})',
+      f'PLD ε for {steps(pld):,} steps in {num(pld, f, "dpjax_s"):.2f} s '
+      f'({num(pld, f, "speedup"):.0f}× faster); σ calibration '
+      f'{span([num(r, f, "dpjax_s") for r in cal], lambda v: f"{v:.2f}")} s '
+      f'({span([num(r, f, "speedup") for r in cal], lambda v: f"{v:.0f}")}×)',
+      (f, 'accounting_benchmark.md'))]
+
+
+def row_replay_audit(results: Results) -> list[Row]:
+  """The neighbouring-dataset replay on the shipped configs (replay_audit)."""
+  f = 'replay_audit.json'
+  rows = results.json(f)
+  ran = [r for r in rows if get(r, f, 'ran')]
+  passed = [r for r in ran if get(r, f, 'passed')]
+  skipped = [get(r, f, 'config') for r in rows if not r['ran']]
+  worst = max(num(r, f, 'max_ratio') for r in ran)
+  cases = sum(num(r, f, 'cases') for r in ran)
+  violations = sum(num(r, f, 'violations') for r in ran)
+  return [Row(
+      'Neighbouring-dataset replay check on the shipped configs',
+      f'{len(passed)} of {len(ran)} runnable configs pass ({cases:.0f} cases, '
+      f'{violations:.0f} violations); worst ‖S(D) − S(D′)‖ / sensitivity '
+      f'{worst:.7f}; not runnable here: {", ".join(skipped) or "none"}',
+      (f, 'replay_audit.md'))]
+
+
+def row_mutation_report(results: Results) -> list[Row]:
+  """Planted bugs caught by the tests (mutation_report.json), if present."""
+  f = 'mutation_report.json'
+  if not results.exists(f):
+    return []
+  d = results.json(f)
+  summary = d.get('summary', d) if isinstance(d, dict) else d
+  return [Row('Mutation testing (planted bugs)',
+              f'{num(summary, f, "caught"):.0f} caught, '
+              f'{num(summary, f, "survived"):.0f} survived', (f,))]
+
+
+RENDERERS: list[Callable[[Results], list[Row]]] = [
+    row_quickstart,
+    row_step_benchmark,
+    row_smollm2_step_benchmark,
+    row_rgp_step_benchmark,
+    row_privacy_utility,
+    row_canary_exposure,
+    row_mechanism_comparison,
+    row_secret_randomness,
+    row_accounting,
+    row_ewtune,
+    row_lmo,
+    row_dp_adam_ac,
+    row_replay_audit,
+    row_mutation_report,
+]
+
+
+def _cell(text: str) -> str:
+  return text.replace('|', '\\|').replace('\n', ' ')
+
+
+def render(results_dir: pathlib.Path | str = RESULTS_DIR) -> str:
+  """The Measured section's body (between the markers), as markdown.
+
+  Args:
+    results_dir: the directory holding the result files.
+
+  Returns:
+    The body, starting and ending with a newline.
+
+  Raises:
+    ResultKeyError: a result file lacks a key a renderer needs.
+    FileNotFoundError: a required result file is missing.
+  """
+  results = Results(results_dir)
+  lines = [
+      '',
+      '',
+      'Generated by `python experiments/readme_measured.py` from the files '
+      'named in each row (do not edit by hand; `--check` fails when they '
+      'disagree). Time and memory are ratios within one run on a shared '
+      'machine; ε values are upper bounds unless marked otherwise.',
+      '',
+      '| What | Measured | File |',
+      '|---|---|---|',
+  ]
+  for renderer in RENDERERS:
+    _PATHS.clear()
+    rows = renderer(results)
+    _PATHS.clear()
+    for row in rows:
+      files = ', '.join(f'`{name}`' for name in row.files)
+      lines.append(f'| {_cell(row.what)} | {_cell(row.figure)} | {files} |')
+  lines.append('')
+  return '\n'.join(lines) + '\n'
+
+
+def split_readme(text: str) -> tuple[str, str, str]:
+  """(before and including BEGIN, body, from END on) of README text.
+
+  Raises:
+    ValueError: when the markers are missing or out of order.
+  """
+  start, stop = text.find(BEGIN), text.find(END)
+  if start < 0 or stop < 0 or stop < start:
+    raise ValueError(f'README.md: markers {BEGIN} ... {END} not found')
+  start += len(BEGIN)
+  return text[:start], text[start:stop], text[stop:]
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Rewrites README.md's section, or with --check compares it."""
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument('--check', action='store_true',
+                  help='exit 1 with a diff if README.md differs')
+  ap.add_argument('--readme', default=str(README))
+  ap.add_argument('--results', default=str(RESULTS_DIR))
+  args = ap.parse_args(argv)
+  readme = pathlib.Path(args.readme)
+  text = readme.read_text()
+  head, body, tail = split_readme(text)
+  new = render(args.results)
+  if args.check:
+    if body == new:
+      return 0
+    sys.stdout.writelines(difflib.unified_diff(
+        body.splitlines(keepends=True), new.splitlines(keepends=True),
+        'README.md (Measured)', 'from experiments/results/'))
+    print('README.md Measured section differs from the result files; run '
+          'python experiments/readme_measured.py', file=sys.stderr)
+    return 1
+  if body != new:
+    readme.write_text(head + new + tail)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,85 @@
+"""README.md's Measured section agrees with the committed result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / 'experiments'))
+
+import readme_measured  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def test_readme_matches_result_files():
+  """Fails when a result file changed without rerunning the script."""
+  _, body, _ = readme_measured.split_readme(readme_measured.README.read_text())
+  rendered = readme_measured.render()
+  assert body == rendered, (
+      'README.md Measured section differs from experiments/results/; run '
+      'python experiments/readme_measured.py')
+
+
+def test_check_cli_reports_a_diff(tmp_path, capsys):
+  readme = tmp_path / 'README.md'
+  text = readme_measured.README.read_text()
+  assert readme_measured.main(['--check', '--readme', str(readme_measured.README)]) == 0
+  head, body, tail = readme_measured.split_readme(text)
+  readme.write_text(head + body.replace('→', '->', 1) + tail)
+  assert readme_measured.main(['--check', '--readme', str(readme)]) == 1
+  assert '-> ' in capsys.readouterr().out
+  assert readme_measured.main(['--readme', str(readme)]) == 0
+  assert readme.read_text() == text
+
+
+@pytest.fixture
+def results_copy(tmp_path):
+  """A writable copy of the JSON/CSV/JSONL result files."""
+  dst = tmp_path / 'results'
+  dst.mkdir()
+  for path in readme_measured.RESULTS_DIR.iterdir():
+    if path.suffix in ('.json', '.jsonl', '.csv'):
+      shutil.copy(path, dst / path.name)
+  return dst
+
+
+def test_missing_json_key_names_file_and_key(results_copy):
+  path = results_copy / 'secret_randomness_cost.json'
+  data = json.loads(path.read_text())
+  del data['ratios']['secret_vs_previous_memory']
+  path.write_text(json.dumps(data))
+  with pytest.raises(readme_measured.ResultKeyError) as e:
+    readme_measured.render(results_copy)
+  assert 'secret_randomness_cost.json' in str(e.value)
+  assert 'ratios.secret_vs_previous_memory' in str(e.value)
+
+
+def test_missing_csv_column_names_file_and_key(results_copy):
+  path = results_copy / 'ewtune_sigma_table.csv'
+  lines = path.read_text().splitlines()
+  header = lines[0].split(',')
+  col = header.index('eps_pld_at_sigma_ew')
+  rows = [','.join(c for i, c in enumerate(line.split(',')) if i != col)
+          for line in lines]
+  path.write_text('\n'.join(rows) + '\n')
+  with pytest.raises(readme_measured.ResultKeyError,
+                     match=r"ewtune_sigma_table\.csv: missing key "
+                           r"'eps_pld_at_sigma_ew'"):
+    readme_measured.render(results_copy)
+
+
+def test_missing_result_file_is_loud(results_copy):
+  os.remove(results_copy / 'privacy_utility.json')
+  with pytest.raises(FileNotFoundError, match='privacy_utility.json'):
+    readme_measured.render(results_copy)
+
+
+def test_mutation_report_is_optional(results_copy):
+  (results_copy / 'mutation_report.json').unlink(missing_ok=True)
+  body = readme_measured.render(results_copy)
+  assert 'mutation_report.json' not in body
