@@ -174,6 +174,11 @@ def x2(ratio: float) -> str:
   return f'{ratio:.2f}×'
 
 
+def fixed(digits: int) -> Callable[[float], str]:
+  """A formatter with `digits` decimals."""
+  return lambda v: f'{v:.{digits}f}'
+
+
 def span(values: list[float], fmt: Callable[[float], str] = g3) -> str:
   """'lo–hi' (or one value when they format alike)."""
   lo, hi = fmt(min(values)), fmt(max(values))
@@ -205,7 +210,8 @@ def row_quickstart(results: Results) -> list[Row]:
   accountant = get(mech, rf, 'calibration_accountant')
   rows = get(report, rf, 'privacy', 'rows')
   (bound,) = select(rows, rf, accountant=accountant)
-  others = [r for r in rows if r is not bound and r.get('kind') == 'upper bound']
+  others = [r for r in rows
+            if r is not bound and r.get('kind') == 'upper bound']
   other = ''.join(f'; {get(r, rf, "accountant").upper()} bound '
                   f'{num(r, rf, "epsilon"):.3g}' for r in others)
   source = get(report, rf, 'randomness', 'source')
@@ -225,23 +231,44 @@ def row_quickstart(results: Results) -> list[Row]:
       (rf, mf))]
 
 
-def _step_ratios(bench: dict[str, Any], file: str, *prefix: str) -> str:
-  """DP vs non-private step ratios of step_benchmark-style results.
+def _cmp(r: dict[str, Any], file: str) -> str:
+  """One `compare` block: 'T× time (per-round lo–hi), M× memory'."""
+  return (f'{x2(num(r, file, "time"))} time '
+          f'({num(r, file, "time_per_round_min"):.2f}–'
+          f'{num(r, file, "time_per_round_max"):.2f} per round), '
+          f'{x2(num(r, file, "memory"))} memory')
 
-  Uses a `ratios` block's equal-micro-batch and best-vs-best entries when
-  the file has them, else computes the equal-micro-batch ratio (dp_micro vs
-  nonprivate_micro, the same micro-batch) from the medians and memory.
+
+def _best(r: dict[str, Any], file: str, what: str) -> str:
+  """A best-vs-best block, naming the micro-batch each side used."""
+  return (f'{what}, DP micro-batch {num(r, file, "dp_microbatch"):.0f} vs '
+          f'non-private {num(r, file, "nonprivate_microbatch"):.0f}: '
+          f'{_cmp(r, file)}')
+
+
+def _step_ratios(bench: dict[str, Any], file: str, *prefix: str) -> str:
+  """DP vs non-private ratios of step_benchmark-style results.
+
+  With the `ratios` block of experiments/step_benchmark.py (`equal_microbatch`,
+  `best_vs_best`, `leanest_vs_leanest`) it reports all three; files from
+  before that block compute the equal-micro-batch ratio (dp_micro vs
+  nonprivate_micro) from the medians and memory.
   """
   node = get(bench, file, *prefix) if prefix else bench
   ratios = get(node, file, 'ratios')
-  parts = []
-  if 'equal_microbatch' in ratios or 'best_vs_best' in ratios:
-    for key, label in (('equal_microbatch', 'equal micro-batch'),
-                       ('best_vs_best', 'best DP vs best non-private')):
-      block = get(ratios, file, key)
-      parts.append(f'{label}: {x2(num(block, file, "time"))} time, '
-                   f'{x2(num(block, file, "memory"))} memory')
-    return '; '.join(parts)
+  if 'equal_microbatch' in ratios:
+    equal = get(ratios, file, 'equal_microbatch')
+    parts = [f'equal micro-batch {m}: {_cmp(get(equal, file, m), file)}'
+             for m in sorted(equal, key=float)]
+    best = get(ratios, file, 'best_vs_best')
+    lean = get(ratios, file, 'leanest_vs_leanest')
+    same = (get(best, file, 'dp'), get(best, file, 'nonprivate')) == (
+        get(lean, file, 'dp'), get(lean, file, 'nonprivate'))
+    parts.append(_best(best, file, 'best vs best (fastest and leanest of '
+                       'each)' if same else 'best vs best (fastest of each)'))
+    if not same:
+      parts.append(_best(lean, file, 'leanest of each'))
+    return 'DP vs non-private, ' + '; '.join(parts)
   med = get(node, file, 'median_step_seconds')
   mem = get(node, file, 'memory_bytes')
   time = num(med, file, 'dp_micro') / num(med, file, 'nonprivate_micro')
@@ -249,6 +276,17 @@ def _step_ratios(bench: dict[str, Any], file: str, *prefix: str) -> str:
             / num(mem, file, 'nonprivate_micro', 'total'))
   return (f'DP vs non-private at equal micro-batch: {x2(time)} time, '
           f'{x2(memory)} memory')
+
+
+def _microbatch_text(setup: dict[str, Any], file: str, *keys: str) -> str:
+  """'micro-batch 8' or 'micro-batches 4, 8' from whichever key exists."""
+  if 'microbatches' in setup:
+    mbs = get(setup, file, 'microbatches')
+    return 'micro-batches ' + ', '.join(f'{float(m):.0f}' for m in mbs)
+  for key in keys:
+    if key in setup:
+      return f'micro-batch {num(setup, file, key):.0f}'
+  return f'micro-batch {num(setup, file, keys[0]):.0f}'
 
 
 def row_step_benchmark(results: Results) -> list[Row]:
@@ -259,7 +297,7 @@ def row_step_benchmark(results: Results) -> list[Row]:
   return [Row(
       f'DP step vs non-private step, {num(s, f, "params") / 1e6:.1f}M-'
       f'parameter decoder, batch {num(s, f, "batch"):.0f} × '
-      f'{num(s, f, "seq"):.0f}, micro-batch {num(s, f, "microbatch"):.0f}',
+      f'{num(s, f, "seq"):.0f}, {_microbatch_text(s, f, "microbatch")}',
       _step_ratios(d, f), (f,))]
 
 
@@ -268,23 +306,20 @@ def row_smollm2_step_benchmark(results: Results) -> list[Row]:
   f = 'smollm2_step_benchmark.json'
   d = results.json(f)
   s = get(d, f, 'setup')
-  modes = str(get(s, f, 'modes')).split(',')
+  modes = get(s, f, 'modes')
+  modes = modes.split(',') if isinstance(modes, str) else list(modes)
+  names = {'lora': 'LoRA', 'full': 'full fine-tuning'}
   figure = ' — '.join(
-      f'{"LoRA" if m == "lora" else "full fine-tuning" if m == "full" else m}'
-      f' ({num(d, f, m, "trainable_params") / 1e6:.3g}M trainable): '
-      f'{_step_ratios(d, f, m)}' for m in modes)
+      f'{names.get(m, m)} ({num(d, f, m, "trainable_params") / 1e6:.3g}M '
+      f'trainable): {_step_ratios(d, f, m)}' for m in modes)
   return [Row(
       f'DP step vs non-private step, {get(s, f, "model")}, batch '
-      f'{num(s, f, "batch"):.0f} × {num(s, f, "seq"):.0f}, micro-batch '
-      f'{num(s, f, "micro"):.0f}', figure, (f,))]
+      f'{num(s, f, "batch"):.0f} × {num(s, f, "seq"):.0f}, '
+      f'{_microbatch_text(s, f, "micro")}', figure, (f,))]
 
 
-def row_rgp_step_benchmark(results: Results) -> list[Row]:
-  """DP-RGP step vs non-private RGP and full fine-tuning (rgp_step_benchmark)."""
-  f = 'rgp_step_benchmark.json'
-  d = results.json(f)
-  s = get(d, f, 'setup')
-  micro = num(s, f, 'microbatch')
+def _rgp_old(d: dict[str, Any], f: str, micro: float) -> str:
+  """rgp_step_benchmark.json before its `ratios` block."""
   table = get(d, f, 'table')
   rgp, rgp_np = f'dp_rgp_micro{micro:.0f}', f'rgp_nonprivate_micro{micro:.0f}'
   full = f'dp_full_micro{micro:.0f}'
@@ -298,18 +333,60 @@ def row_rgp_step_benchmark(results: Results) -> list[Row]:
 
   saving = 1 - (num(mem, f, rgp, 'temp') / num(mem, f, control, 'temp'))
   best = get(d, f, 'best_nonprivate')
-  return [Row(
-      f'RGP rank {num(s, f, "rgp_rank"):.0f}, {get(s, f, "model")}, batch '
-      f'{num(s, f, "batch"):.0f} × {num(s, f, "seq_len"):.0f}, micro-batch '
-      f'{micro:.0f}',
+  return (
       f'DP-RGP vs non-private RGP: {vs(rgp, rgp_np)}; DP-RGP vs the best '
       f'non-private full fine-tuning step: '
       f'{x2(num(table, f, rgp, "time_vs_best_nonprivate"))} time, '
       f'{x2(num(table, f, rgp, "memory_vs_best_nonprivate"))} memory '
       f'(DP full fine-tuning: {vs(full, best)}); most of the saving is RGP\'s '
       f'{num(d, f, "rgp_frozen_params") / 1e6:.1f}M frozen parameters, the '
-      f'carriers save a further {saving:.0%} of temporaries',
-      (f, 'rgp_step_benchmark.md'))]
+      f'carriers save a further {saving:.0%} of temporaries')
+
+
+def _rgp_new(d: dict[str, Any], f: str) -> str:
+  """rgp_step_benchmark.json with its `ratios` block."""
+  r = get(d, f, 'ratios')
+  equal = get(r, f, 'dp_rgp_vs_nonprivate_rgp')
+  off = get(r, f, 'dp_rgp_vs_rgp_clipping_off')
+  ft = get(r, f, 'full_ft')
+  ft_equal = get(ft, f, 'dp_full_vs_nonprivate_full')
+  mem = get(d, f, 'memory_bytes')
+  ctl = get(r, f, 'carriers_vs_no_carriers')
+  saving = 1 - (num(mem, f, get(ctl, f, 'dp'), 'temp')
+                / num(mem, f, get(ctl, f, 'nonprivate'), 'temp'))
+  m0 = min(equal, key=float)
+  return (
+      'DP-RGP vs non-private RGP (batch gradients), '
+      + '; '.join(f'equal micro-batch {m}: {_cmp(get(equal, f, m), f)}'
+                  for m in sorted(equal, key=float))
+      + '; ' + _best(get(r, f, 'dp_rgp_vs_nonprivate_rgp_best_vs_best'), f,
+                     'best vs best (fastest of each)')
+      + f'. DP-RGP vs the RGP step with clipping and noise off, micro-batch '
+      f'{m0}: {_cmp(get(off, f, m0), f)}. Secondary, vs full fine-tuning: '
+      f'DP full vs non-private full at micro-batch {m0}: '
+      f'{_cmp(get(ft_equal, f, m0), f)}; '
+      + _best(get(ft, f, 'dp_rgp_vs_best_nonprivate_full'), f,
+              'fastest DP-RGP vs fastest non-private full')
+      + f'. RGP freezes {num(d, f, "rgp_frozen_params") / 1e6:.1f}M '
+      f'parameters ({num(d, f, "rgp_frozen_embedding_params") / 1e6:.1f}M '
+      f'embeddings); at the same trainable set the carriers '
+      f'{"save" if saving >= 0 else "add"} {abs(saving):.0%} of temporaries')
+
+
+def row_rgp_step_benchmark(results: Results) -> list[Row]:
+  """DP-RGP vs non-private RGP, and vs full fine-tuning (rgp_step_benchmark)."""
+  f = 'rgp_step_benchmark.json'
+  d = results.json(f)
+  s = get(d, f, 'setup')
+  micro = num(s, f, 'microbatch')
+  mbs = (f'micro-batches {micro:.0f}, {num(s, f, "microbatch_large"):.0f}'
+         if 'ratios' in d and 'microbatch_large' in s
+         else f'micro-batch {micro:.0f}')
+  figure = _rgp_new(d, f) if 'ratios' in d else _rgp_old(d, f, micro)
+  return [Row(
+      f'RGP rank {num(s, f, "rgp_rank"):.0f}, {get(s, f, "model")}, batch '
+      f'{num(s, f, "batch"):.0f} × {num(s, f, "seq_len"):.0f}, {mbs}',
+      figure, (f, 'rgp_step_benchmark.md'))]
 
 
 def row_privacy_utility(results: Results) -> list[Row]:
@@ -398,13 +475,15 @@ def row_ewtune(results: Results) -> list[Row]:
   if len(target) != 1:
     raise ValueError(f'{f}: several target_eps values')
   tasks = list(dict.fromkeys(get(r, f, 'task') for r in rows))
+  deltas = sorted({num(r, f, 'delta') for r in rows})
   return [Row(
       f'EW-Tune σ table ({", ".join(tasks)}; δ '
-      f'{" / ".join(sci(v) for v in sorted({num(r, f, "delta") for r in rows}))})',
+      f'{" / ".join(sci(v) for v in deltas)})',
       f'the Edgeworth σ for ε = {g3(target.pop())} is '
-      f'{span([-num(r, f, "ew_vs_pld_pct") for r in rows], lambda v: f"{v:.1f}")}'
+      f'{span([-num(r, f, "ew_vs_pld_pct") for r in rows], fixed(1))}'
       '% below the tight PLD σ, but at that σ the PLD upper bound is '
-      f'ε = {span([num(r, f, "eps_pld_at_sigma_ew") for r in rows], lambda v: f"{v:.2f}")}: the '
+      f'ε = {span([num(r, f, "eps_pld_at_sigma_ew") for r in rows], fixed(2))}'
+      ': the '
       '"saving" is the estimate understating ε',
       (f, 'ewtune_sigma_table.md'))]
 
@@ -412,7 +491,8 @@ def row_ewtune(results: Results) -> list[Row]:
 def row_lmo(results: Results) -> list[Row]:
   """LMO-DP: the artifact's search vs sound accounting (lmo_table.csv)."""
   f = 'lmo_table.csv'
-  rows = select(results.csv(f), f, table='search', search='grid, paper-faithful')
+  rows = select(results.csv(f), f, table='search',
+                search='grid, paper-faithful')
   mc_key = next((k for k in rows[0] if k.startswith('mc_lower_eps_delta_')),
                 None)
   if mc_key is None:
@@ -420,7 +500,8 @@ def row_lmo(results: Results) -> list[Row]:
                          "'mc_lower_eps_delta_*'")
   mc_delta = mc_key.removeprefix('mc_lower_eps_delta_')
   return [Row(
-      'LMO-DP, the artifact\'s parameter search (paper-faithful grid, per step)',
+      "LMO-DP, the artifact's parameter search (paper-faithful grid, per "
+      'step)',
       f'claimed ε {span([num(r, f, "claimed_eps") for r in rows])}; sound '
       f'upper bound {span([num(r, f, "sound_eps") for r in rows])}; a '
       f'Monte-Carlo lower estimate (δ = {mc_delta}) of '
@@ -473,7 +554,8 @@ def row_mechanism_comparison(results: Results) -> list[Row]:
   def seeds(run: str) -> int:
     return len(of(run))
 
-  gauss, edge, lmo = of('gaussian_pld'), of('gaussian_edgeworth'), of('lmo_sound')
+  gauss, edge = of('gaussian_pld'), of('gaussian_edgeworth')
+  lmo = of('lmo_sound')
   edge_estimate = statistics.mean(
       num(r, f, 'epsilon_rows', 'edgeworth') for r in edge)
   lmo_below = (max(num(r, f, 'accuracy') for r in lmo)
@@ -503,7 +585,8 @@ def row_mechanism_comparison(results: Results) -> list[Row]:
       f'{g3(mean("gaussian_pld", "sound_epsilon"))}), '
       f'{mean("gaussian_edgeworth", "accuracy"):.3f} (Edgeworth-calibrated '
       f'to an estimated ε {g3(edge_estimate)}'
-      f': its PLD bound is **{g3(mean("gaussian_edgeworth", "sound_epsilon"))}**), '
+      ': its PLD bound is '
+      f'**{g3(mean("gaussian_edgeworth", "sound_epsilon"))}**), '
       f'{mean("lmo_sound", "accuracy"):.3f} (LMO, sound ε '
       f'{g3(mean("lmo_sound", "sound_epsilon"))}'
       + ('; every seed below every Gaussian seed' if lmo_below else '') + ')'
@@ -579,15 +662,37 @@ def row_replay_audit(results: Results) -> list[Row]:
 
 
 def row_mutation_report(results: Results) -> list[Row]:
-  """Planted bugs caught by the tests (mutation_report.json), if present."""
+  """Planted one-line bugs caught by the tests (mutation_report.json).
+
+  Skipped (no row) while the file does not exist.
+  """
   f = 'mutation_report.json'
   if not results.exists(f):
     return []
   d = results.json(f)
-  summary = d.get('summary', d) if isinstance(d, dict) else d
-  return [Row('Mutation testing (planted bugs)',
-              f'{num(summary, f, "caught"):.0f} caught, '
-              f'{num(summary, f, "survived"):.0f} survived', (f,))]
+  rows = get(d, f, 'mutations')
+  summary = get(d, f, 'summary')
+  outcomes = [str(get(r, f, 'outcome')) for r in rows]
+  count = {o: outcomes.count(o) for o in dict.fromkeys(outcomes)}
+  # The summary block and the rows must tell the same story.
+  for outcome, n in count.items():
+    total = sum(num(summary, f, effect, outcome) for effect in summary)
+    if total != n:
+      raise ValueError(f'{f}: summary counts {total:.0f} {outcome}, the '
+                       f'mutations list {n}')
+  harmful = sum(1 for r in rows if r['outcome'] == 'survived'
+                and get(r, f, 'effect') != 'equivalent')
+  equivalent = count.get('survived', 0) - harmful
+  other = ', '.join(f'{count[o]} {o}' for o in count
+                    if o not in ('caught', 'survived'))
+  subset = ' (a subset: --only)' if d.get('only') else ''
+  return [Row(
+      f'Mutation testing, one-line mutations of the privacy-critical '
+      f'code{subset}',
+      f'{len(rows)} mutations: {count.get("caught", 0)} caught, '
+      f'{count.get("survived", 0)} survived ({harmful} that change the '
+      f'guarantee, {equivalent} equivalent)' + (f', {other}' if other else ''),
+      (f, 'mutation_report.md'))]
 
 
 RENDERERS: list[Callable[[Results], list[Row]]] = [

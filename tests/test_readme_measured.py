@@ -28,7 +28,8 @@ def test_readme_matches_result_files():
 def test_check_cli_reports_a_diff(tmp_path, capsys):
   readme = tmp_path / 'README.md'
   text = readme_measured.README.read_text()
-  assert readme_measured.main(['--check', '--readme', str(readme_measured.README)]) == 0
+  assert readme_measured.main(
+      ['--check', '--readme', str(readme_measured.README)]) == 0
   head, body, tail = readme_measured.split_readme(text)
   readme.write_text(head + body.replace('→', '->', 1) + tail)
   assert readme_measured.main(['--check', '--readme', str(readme)]) == 1
@@ -83,3 +84,57 @@ def test_mutation_report_is_optional(results_copy):
   (results_copy / 'mutation_report.json').unlink(missing_ok=True)
   body = readme_measured.render(results_copy)
   assert 'mutation_report.json' not in body
+
+
+def _compare(dp, nonprivate, time, memory):
+  return {'dp': dp, 'nonprivate': nonprivate, 'time': time,
+          'time_per_round_min': time - 0.1, 'time_per_round_max': time + 0.1,
+          'memory': memory}
+
+
+def test_step_benchmark_ratios_block(results_copy):
+  """The `ratios` schema of experiments/step_benchmark.py is reported as
+  equal micro-batch and best vs best, naming each side's micro-batch."""
+  path = results_copy / 'step_benchmark.json'
+  data = json.loads(path.read_text())
+  data['setup']['microbatches'] = [4, 8]
+  data['ratios'] = {
+      'equal_microbatch': {
+          '4': _compare('dp_micro4', 'nonprivate_micro4', 1.25, 1.5),
+          '8': _compare('dp_micro8', 'nonprivate_micro8', 1.5, 2.25)},
+      'best_vs_best': {'dp_microbatch': 4, 'nonprivate_microbatch': 8,
+                       **_compare('dp_micro4', 'nonprivate_micro8', 1.75, 0.5)},
+      'leanest_vs_leanest': {
+          'dp_microbatch': 4, 'nonprivate_microbatch': 4,
+          **_compare('dp_micro4', 'nonprivate_micro4', 1.25, 1.5)}}
+  path.write_text(json.dumps(data))
+  (line,) = [l for l in readme_measured.render(results_copy).splitlines()
+             if '`step_benchmark.json`' in l]
+  assert 'micro-batches 4, 8' in line
+  assert 'equal micro-batch 4: 1.25× time (1.15–1.35 per round), 1.50×' in line
+  assert 'equal micro-batch 8: 1.50× time' in line
+  assert ('best vs best (fastest of each), DP micro-batch 4 vs non-private 8:'
+          ' 1.75× time') in line
+  assert 'leanest of each, DP micro-batch 4 vs non-private 4' in line
+
+
+def test_mutation_report_row(results_copy):
+  report = {
+      'only': None,
+      'summary': {'breaks': {'caught': 2, 'survived': 1, 'timeout': 0,
+                             'error': 0},
+                  'equivalent': {'caught': 0, 'survived': 1, 'timeout': 0,
+                                 'error': 0}},
+      'mutations': [{'outcome': 'caught', 'effect': 'breaks'}] * 2 + [
+          {'outcome': 'survived', 'effect': 'breaks'},
+          {'outcome': 'survived', 'effect': 'equivalent'}]}
+  (results_copy / 'mutation_report.json').write_text(json.dumps(report))
+  body = readme_measured.render(results_copy)
+  assert ('4 mutations: 2 caught, 2 survived (1 that change the guarantee, '
+          '1 equivalent)') in body
+  del report['summary']['breaks']['survived']
+  (results_copy / 'mutation_report.json').write_text(json.dumps(report))
+  with pytest.raises(readme_measured.ResultKeyError,
+                     match=r"mutation_report\.json: missing key "
+                           r"'summary\.breaks\.survived'"):
+    readme_measured.render(results_copy)
