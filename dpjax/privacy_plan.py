@@ -74,6 +74,25 @@ class PrivacyPlan:
   def q_at(self, step: int) -> float:
     return self.batch_size_at(step) / self.dataset_size
 
+  def new_ledger(self, unit: str):
+    """An empty ledger for this plan's mechanism (the trainer's and audits')."""
+    from dpjax.accounting import ledger as ledger_lib  # pylint: disable=g-import-not-at-top
+    return ledger_lib.PrivacyLedger(
+        sampling=self.sampling, neighbouring=self.neighbouring, unit=unit,
+        dataset_size=self.dataset_size,
+        batch_size=int(math.ceil(self.expected_batch_size)),
+        mechanism=self.mechanism, mechanism_params=dict(self.lmo_params or ()))
+
+  def record_step(self, ledger, step: int) -> None:
+    """Records step `step` (1-based) in `ledger`: (q_t, noise multiplier).
+
+    The one place a step's mechanism enters a ledger; `dpjax.train` calls it
+    after every private step and `dpjax.audit.noise_probe` measures the noise
+    against what it records.
+    """
+    if self.enabled:
+      ledger.record(self.q_at(step), self.noise_multiplier)
+
 
 def _batch_sizes(config) -> tuple[float, ...] | None:
   """The per-step expected batch sizes, or None when constant."""

@@ -78,6 +78,21 @@ def _make_sampler(config, plan: PrivacyPlan, seed):
                                  int(config.train.batch_size), seed)
 
 
+def make_sampler(config, plan: PrivacyPlan, seed):
+  """The run's batch sampler (Poisson or shuffle), seeded with `seed`
+  (secret: `SecretRandomness.sampler_seed()`)."""
+  return _make_sampler(config, plan, seed)
+
+
+def draw_batch(sampler, plan: PrivacyPlan, step: int):
+  """(indices, mask) of step `step` (1-based): at the expected batch size
+  B_t of a batch-size schedule, else the sampler's own rate. The ledger
+  records q_t = B_t / N for the same step (`PrivacyPlan.record_step`)."""
+  if plan.batch_schedule:
+    return sampler.draw(plan.batch_size_at(step))
+  return sampler.draw()
+
+
 def evaluate(eval_fn, params_full, heldout: dict[str, np.ndarray],
              batch_size: int, batch_sh) -> tuple[float, float]:
   """(mean held-out loss, accuracy) per counted token or example."""
@@ -169,12 +184,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   start = ckpt.latest_step() or 0
   secret, payload = _resume_secret(config, store, start, total_steps)
   sampler = _make_sampler(config, plan, secret.sampler_seed())
-  ledger = ledger_lib.PrivacyLedger(
-      sampling=plan.sampling, neighbouring=plan.neighbouring, unit=data.unit,
-      dataset_size=plan.dataset_size,
-      batch_size=int(math.ceil(plan.expected_batch_size)),
-      mechanism=plan.mechanism,
-      mechanism_params=dict(plan.lmo_params or ()))
+  ledger = plan.new_ledger(data.unit)
 
   batch_sh = sharding.batch_sharding(mesh)
   repl = sharding.replicated(mesh)
@@ -234,14 +244,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     logging.info('Initial held-out loss %.4f', first['eval_loss'])
 
   for step in range(start + 1, total_steps + 1):
-    idx, mask = (sampler.draw(plan.batch_size_at(step))
-                 if plan.batch_schedule else sampler.draw())
+    idx, mask = draw_batch(sampler, plan, step)
     batch = {k: v[idx] for k, v in data.train.items()}
     batch, mask_d, ids = jax.device_put(
         (batch, mask.astype(np.float32), idx.astype(np.int32)), batch_sh)
     state, m = train_step(state, frozen, batch, mask_d, dropout_key, ids)
-    if plan.enabled:
-      ledger.record(plan.q_at(step), plan.noise_multiplier)
+    plan.record_step(ledger, step)
     if step % config.train.log_every == 0 or step == total_steps:
       m = jax.device_get(m)
       # Statistics of private batches are not privatized: logged only on

@@ -1,6 +1,13 @@
-"""Audits of the DP mechanism as it runs: the neighbouring-dataset replay.
+"""Audits of the DP mechanism as it runs: the neighbouring-dataset replay
+(the sensitivity of the clipped sum) and the noise probe (the noise added).
 
   python -m dpjax.audit replay --config=configs/<name>.py [--config.F=V ...]
+  python -m dpjax.audit noise --config=configs/<name>.py [--config.F=V ...]
+
+`dpjax.audit.noise_probe.probe_config(config)` runs the trainer's step with
+its noise stage tapped and compares the noise in the released update with
+the multiplier the ledger records (see that module). The rest of this
+docstring is about the replay.
 
 `replay_config(config)` builds the training step exactly as
 `dpjax.train.train_and_evaluate` does (same functions, same order, fixed-seed
@@ -36,7 +43,7 @@ What a pass does not prove:
   not covered (though the bound must hold for all of them, so any failure is
   a real bug). It does not look at the noise stage (replaced), at the
   sampler's distribution or at the accountant; the noise scale's match to
-  the sensitivity is checked elsewhere (`dpjax.noise`, the plan). Randomness
+  the ledger is the noise probe's check (`dpjax.audit.noise_probe`). Randomness
   that is iid per batch slot (not per record) is distributionally private
   but fails this check by design: a replay cannot couple it.
 
@@ -57,6 +64,8 @@ from dpjax.audit.neighbouring import ReplayReport
 from dpjax.audit.neighbouring import Target
 from dpjax.audit.neighbouring import replay
 from dpjax.audit.neighbouring import target_of
+from dpjax.audit.noise_probe import NoiseReport
+from dpjax.audit.noise_probe import probe_config
 
 __all__ = ['Captured', 'CaseResult', 'ReplayReport', 'StepHarness', 'Target',
            'audit_seed', 'build_harness', 'capture_noise', 'capture_stages',

@@ -1,4 +1,11 @@
-"""`python -m dpjax.audit replay --config=configs/<name>.py [flags]`.
+"""`python -m dpjax.audit {replay,noise} --config=configs/<name>.py [flags]`.
+
+`noise` measures the noise the trainer's step adds against what the ledger
+records (`dpjax.audit.noise_probe`) and prints one line per check; flags
+--seed, --json, --min_coordinates=200000 (pooled noise coordinates),
+--noise_tolerance=0.01 (relative). Exit codes as for `replay`.
+
+`replay`:
 
 Builds the config's training step as the trainer does, replays it on
 neighbouring datasets (see `dpjax.audit`) and prints one line per scenario
@@ -33,12 +40,16 @@ from ml_collections import config_flags
 
 from dpjax import audit
 from dpjax.audit import neighbouring as replay_lib
+from dpjax.audit import noise_probe
 from dpjax.configuration import ConfigError
 
 USAGE = ('usage: python -m dpjax.audit replay --config=configs/<name>.py '
          '[--config.FIELD=VALUE ...] [--removals=8] [--additions=3] '
          '[--scenarios=sampled,small,full] [--tolerance=1e-6] '
-         '[--rounding_allowance=0] [--seed=-1] [--json=PATH] [--verbose]')
+         '[--rounding_allowance=0] [--seed=-1] [--json=PATH] [--verbose]\n'
+         '       python -m dpjax.audit noise --config=configs/<name>.py '
+         '[--config.FIELD=VALUE ...] [--min_coordinates=200000] '
+         '[--noise_tolerance=0.01] [--seed=-1] [--json=PATH]')
 
 
 def _flag_values(argv: list[str]) -> flags.FlagValues:
@@ -64,12 +75,48 @@ def _flag_values(argv: list[str]) -> flags.FlagValues:
                       flag_values=fv)
   flags.DEFINE_boolean('verbose', False, 'One line per case.',
                        flag_values=fv)
+  flags.DEFINE_integer('min_coordinates', 200_000, 'noise: pooled noise '
+                       'coordinates.', flag_values=fv)
+  flags.DEFINE_float('noise_tolerance', 0.01, 'noise: relative tolerance.',
+                     flag_values=fv)
   return fv
 
 
 def _usage_error(msg: str) -> int:
   print(f'dpjax.audit: {msg}\n{USAGE}', file=sys.stderr)
   return 2
+
+
+def _write_json(path: str, out: dict) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(out, f, indent=2)
+
+
+def _noise(fv, config, argv) -> int:
+  """The `noise` command."""
+  if not fv.min_coordinates >= 1:
+    return _usage_error(f'--min_coordinates={fv.min_coordinates}; valid: >= 1')
+  if not 0 < fv.noise_tolerance < 1:
+    return _usage_error(f'--noise_tolerance={fv.noise_tolerance}; valid: in '
+                        '(0, 1)')
+  t0 = time.time()
+  try:
+    report = noise_probe.probe_config(
+        config, seed=fv.seed, min_coordinates=fv.min_coordinates,
+        tolerance=fv.noise_tolerance)
+  except ConfigError as e:
+    print(f'dpjax.audit: invalid configuration: {e}', file=sys.stderr)
+    return 2
+  for line in report.lines():
+    print(line)
+  print(report.summary(), flush=True)
+  if fv.json:
+    _write_json(fv.json, {'config': fv['config'].config_filename,
+                          'argv': argv[1:], 'seconds': time.time() - t0,
+                          'passed': report.passed,
+                          'report': report.to_dict()})
+  return 0 if report.passed else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,10 +131,13 @@ def main(argv: list[str] | None = None) -> int:
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError,
           OSError) as e:  # config_flags raises these for bad files/fields
     return _usage_error(f'{type(e).__name__}: {e}')
-  if rest[1:] != ['replay']:
-    return _usage_error(f'expected the command "replay", got {rest[1:]}')
+  if rest[1:] not in (['replay'], ['noise']):
+    return _usage_error(f'expected the command "replay" or "noise", got '
+                        f'{rest[1:]}')
   if config is None:
     return _usage_error('--config is required')
+  if rest[1] == 'noise':
+    return _noise(fv, config, argv)
   bad = [s for s in fv.scenarios if s not in replay_lib.SCENARIOS]
   if bad or not fv.scenarios:
     return _usage_error(f'--scenarios: {bad or "empty"}; valid: '
@@ -124,9 +174,7 @@ def main(argv: list[str] | None = None) -> int:
            'seed': harness.secret.insecure_fixed_seed,
            'build_seconds': build_s, 'total_seconds': time.time() - t0,
            'passed': report.passed, 'report': report.to_dict()}
-    os.makedirs(os.path.dirname(os.path.abspath(fv.json)), exist_ok=True)
-    with open(fv.json, 'w') as f:
-      json.dump(out, f, indent=2)
+    _write_json(fv.json, out)
   return 0 if report.passed else 1
 
 
