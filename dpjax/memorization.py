@@ -1,10 +1,21 @@
 """Canary exposure of a trained model ("The Secret Sharer", Carlini et al. 2019).
 
-For each inserted canary, the model scores the true secret against random
-candidates of the same format; exposure = log2|R| - log2(rank). A model that
-memorized the canary ranks it first (exposure log2|R|); at chance the
-expected exposure is about 1/ln 2 = 1.44 bits. Exposure is an empirical
-measurement, not a privacy guarantee.
+For each inserted canary, the model scores the true secret against m random
+candidates of the same format (K = m + 1 texts scored). Reported per canary:
+
+* exposure_rank_bits: the rank-based (sampled) exposure, log2 K - log2 of the
+  secret's rank among the K scored texts. Its ceiling is log2 K
+  (sampled_ceiling_bits, 10.97 bits for K = 2,001), reached when the secret
+  beats every sampled candidate.
+* exposure_extrapolated_bits: log2|R| - log2 of the rank extrapolated to the
+  full space R (rank_hat = 1 + (|R| - 1) k / m); it can reach the full-space
+  maximum log2|R| (19.93 bits for 6 digits) from a sample of K, which then
+  only shows that the rank is below about |R| / m.
+  exposure_extrapolated_lower95_bits is a one-sided 95% Clopper-Pearson
+  lower bound for it.
+
+At chance the expected exposure is about 1/ln 2 = 1.44 bits on either scale.
+Exposure is an empirical measurement, not a privacy guarantee.
 """
 
 from __future__ import annotations
@@ -50,16 +61,47 @@ def make_score_fn(module, params, tokenizer, batch_size: int = 256
 
 def canary_exposures(module, params, tokenizer, canaries, *, n_samples: int,
                      seed: int) -> list[dict[str, Any]]:
-  """Sampled exposure of each canary (a dict per canary)."""
+  """Sampled exposure of each canary (a dict per canary, `exposure_fields`)."""
   score = make_score_fn(module, params, tokenizer)
   out = []
   for i, c in enumerate(canaries):
     res = exposure_lib.sampled_exposure(score, c.prefix, c.secret,
                                         n_samples=n_samples, seed=seed + i)
-    out.append({'repetitions': c.repetitions, 'rank': float(res.rank),
-                'exposure_bits': float(res.exposure),
-                'max_exposure_bits': float(np.log2(res.space_size)),
-                'chance_exposure_bits': exposure_lib.expected_exposure_at_chance(
-                    res.space_size),
-                'candidates_scored': int(res.n_scored)})
+    out.append({'repetitions': c.repetitions, **exposure_fields(res)})
   return out
+
+
+EXTRAPOLATION_METHOD = ('rank_hat = 1 + (|R| - 1) k / m from k of m uniform '
+                        'samples (unbiased for the rank); log2|R| whenever '
+                        'k = 0')
+
+
+def exposure_fields(res: exposure_lib.ExposureResult) -> dict[str, Any]:
+  """The reported fields of one canary's sampled exposure.
+
+  The first fields are qualified (sampled vs extrapolated); `rank`,
+  `exposure_bits` (= exposure_extrapolated_bits), `max_exposure_bits`
+  (= full_space_max_bits) and `candidates_scored` (= sampled_candidates)
+  keep their earlier names and meanings for existing readers.
+  """
+  return {
+      'sampled_candidates': int(res.n_scored),
+      'sampled_rank': float(res.sampled_rank),
+      'exposure_rank_bits': float(res.rank_exposure),
+      'sampled_ceiling_bits': float(res.sampled_ceiling_bits),
+      'sampled_chance_bits': exposure_lib.expected_exposure_at_chance(
+          res.n_scored),
+      'exposure_extrapolated_bits': float(res.exposure),
+      'exposure_extrapolated_lower95_bits': float(
+          res.extrapolated_lower_bound(0.95)),
+      'extrapolation_method': (EXTRAPOLATION_METHOD
+                               if res.method == 'sampled' else 'none (exact)'),
+      'full_space_size': int(res.space_size),
+      'full_space_max_bits': float(res.full_space_max_bits),
+      'chance_exposure_bits': exposure_lib.expected_exposure_at_chance(
+          res.space_size),
+      'rank': float(res.rank),
+      'exposure_bits': float(res.exposure),
+      'max_exposure_bits': float(res.full_space_max_bits),
+      'candidates_scored': int(res.n_scored),
+  }

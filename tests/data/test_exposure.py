@@ -100,6 +100,59 @@ def test_sampled_exposure_is_unbiased_for_the_rank():
   assert top.n_scored == 51 and top.method == 'sampled'
 
 
+def test_sampled_ceiling_and_extrapolation_are_told_apart():
+  # The secret beats all 50 samples: rank 1 of the 51 scored texts, so the
+  # rank-based exposure is at its ceiling log2(51); the extrapolation to
+  # |R| = 10**4 claims the full-space maximum log2(10**4).
+  top = exposure.sampled_exposure(_value_scorer, PREFIX, '0 0 0 0',
+                                  n_samples=50, seed=0)
+  assert top.n_lower == 0 and top.sampled_rank == 1
+  assert top.sampled_ceiling_bits == pytest.approx(math.log2(51))
+  assert top.rank_exposure == pytest.approx(math.log2(51))
+  assert top.full_space_max_bits == pytest.approx(math.log2(10**4))
+  assert top.exposure == pytest.approx(top.full_space_max_bits)
+  # k = 0 of m: the one-sided 95% bound on p is 1 - 0.05**(1/m).
+  p_hi = 1 - 0.05**(1 / 50)
+  assert top.extrapolated_lower_bound(0.95) == pytest.approx(
+      math.log2(10**4) - math.log2(1 + 9999 * p_hi))
+  assert top.extrapolated_lower_bound(0.95) < top.rank_exposure
+  # Hand: k = 3 of m = 9 ranks the secret 4th of 10 scored texts, and
+  # extrapolates to rank 1 + 999 * 3 / 9 = 334 of 1000.
+  mid = exposure.ExposureResult.from_sampled_count(3, 9, 1000)
+  assert (mid.sampled_rank, mid.n_scored, mid.rank) == (4, 10, 334)
+  assert mid.rank_exposure == pytest.approx(math.log2(10) - 2)
+  assert mid.exposure == pytest.approx(math.log2(1000) - math.log2(334))
+  assert mid.extrapolated_lower_bound(0.95) < mid.exposure
+  # The rank-based exposure never exceeds its ceiling.
+  for s in range(20):
+    res = exposure.sampled_exposure(_value_scorer, PREFIX, '0 3 0 0',
+                                    n_samples=30, seed=s)
+    assert 0 <= res.rank_exposure <= res.sampled_ceiling_bits
+  # Exact: every candidate scored, so the two coincide.
+  ex = exposure.exposure(_value_scorer, PREFIX, '0 4 2')
+  assert ex.rank_exposure == pytest.approx(ex.exposure)
+  assert ex.extrapolated_lower_bound() == ex.exposure
+  with pytest.raises(ValueError, match='outside'):
+    exposure.ExposureResult.from_sampled_count(10, 9, 1000)
+
+
+def test_reported_fields_qualify_sampled_and_extrapolated():
+  from dpjax import memorization  # pylint: disable=g-import-not-at-top
+  f = memorization.exposure_fields(
+      exposure.ExposureResult.from_sampled_count(0, 2000, 10**6))
+  assert f['sampled_candidates'] == 2001
+  assert f['sampled_ceiling_bits'] == pytest.approx(10.9665, abs=1e-4)
+  assert f['exposure_rank_bits'] == pytest.approx(f['sampled_ceiling_bits'])
+  assert f['exposure_extrapolated_bits'] == pytest.approx(19.9316, abs=1e-4)
+  assert f['full_space_max_bits'] == pytest.approx(19.9316, abs=1e-4)
+  assert 9 < f['exposure_extrapolated_lower95_bits'] < 10
+  assert 'rank_hat' in f['extrapolation_method']
+  # Earlier names keep their meanings.
+  assert f['exposure_bits'] == f['exposure_extrapolated_bits']
+  assert f['max_exposure_bits'] == f['full_space_max_bits']
+  assert f['candidates_scored'] == f['sampled_candidates']
+
+
 def test_errors():
   with pytest.raises(ValueError, match='do not contain'):
     exposure.exposure(_value_scorer, PREFIX, '1 2', candidates=['0 0'])
