@@ -278,6 +278,11 @@ def _step_ratios(bench: dict[str, Any], file: str, *prefix: str) -> str:
           f'{x2(memory)} memory')
 
 
+def _present(results: Results, *names: str) -> tuple[str, ...]:
+  """The first name, and those of the others that exist (companion files)."""
+  return names[:1] + tuple(n for n in names[1:] if results.exists(n))
+
+
 def _microbatch_text(setup: dict[str, Any], file: str, *keys: str) -> str:
   """'micro-batch 8' or 'micro-batches 4, 8' from whichever key exists."""
   if 'microbatches' in setup:
@@ -298,7 +303,7 @@ def row_step_benchmark(results: Results) -> list[Row]:
       f'DP step vs non-private step, {num(s, f, "params") / 1e6:.1f}M-'
       f'parameter decoder, batch {num(s, f, "batch"):.0f} × '
       f'{num(s, f, "seq"):.0f}, {_microbatch_text(s, f, "microbatch")}',
-      _step_ratios(d, f), (f,))]
+      _step_ratios(d, f), _present(results, f, 'step_benchmark.md'))]
 
 
 def row_smollm2_step_benchmark(results: Results) -> list[Row]:
@@ -315,7 +320,8 @@ def row_smollm2_step_benchmark(results: Results) -> list[Row]:
   return [Row(
       f'DP step vs non-private step, {get(s, f, "model")}, batch '
       f'{num(s, f, "batch"):.0f} × {num(s, f, "seq"):.0f}, '
-      f'{_microbatch_text(s, f, "micro")}', figure, (f,))]
+      f'{_microbatch_text(s, f, "micro")}', figure,
+      _present(results, f, 'smollm2_step_benchmark.md'))]
 
 
 def _rgp_old(d: dict[str, Any], f: str, micro: float) -> str:
