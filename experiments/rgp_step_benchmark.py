@@ -433,6 +433,7 @@ def main():
                   help='free text recorded in the JSON and the .md')
   args = ap.parse_args()
   t0 = time.perf_counter()
+  info = step_benchmark.run_info()   # the commit and code this run starts from
   micros = (args.micro,) + ((args.micro_large,) if args.micro_large else ())
 
   cfg_full = minilm_genre.get_config()
@@ -472,7 +473,7 @@ def main():
                 'rounds': args.rounds, 'reps_per_round': args.reps,
                 'note': step_benchmark.rounds_note(
                     args.rounds, ap.get_default('rounds'), args.note),
-                **step_benchmark.run_info()},
+                **info},
       'ratios': ratios(times, mem, micros),
       'params_total': n_params(full.trainable) + n_params(full.frozen),
       'trainable_params': trainable,

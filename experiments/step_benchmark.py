@@ -388,6 +388,7 @@ def main():
   args = ap.parse_args()
   mbs = parse_microbatches(args.microbatches)
   t0 = time.perf_counter()
+  info = run_info()   # the commit and code this run starts from
 
   module, params, batch = build(args)
   n_params = sum(x.size for x in jax.tree.leaves(params))
@@ -403,7 +404,7 @@ def main():
                 'rounds': args.rounds, 'reps_per_round': args.reps,
                 'note': rounds_note(args.rounds, ap.get_default('rounds'),
                                    args.note),
-                **run_info()},
+                **info},
       'ratios': rat,
       'median_step_seconds': med,
       'all_step_seconds': times,
