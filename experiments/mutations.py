@@ -19,8 +19,8 @@ Each entry:
     ledger's epsilon does not depend on.
   why: one line: what it breaks (or why it is equivalent).
   tests: pytest node ids or files of the FAST suite (never `slow`) expected
-    to catch it, most likely catcher first. Paths that do not exist yet
-    (tests being written) are skipped by the runner and listed as missing.
+    to catch it, cheapest likely catcher first. Paths that do not exist
+    (yet) are skipped by the runner and listed as missing in the report.
 """
 
 from __future__ import annotations
@@ -30,8 +30,20 @@ EFFECTS = ('less_noise', 'wrong_rate', 'wrong_count', 'wrong_sensitivity',
 
 # Tests that other work adds (they may not exist yet; the runner skips
 # missing paths and reports them).
-AUDIT_NOISE = 'tests/test_audit_noise.py'
-INDEPENDENT_REFS = 'tests/accounting/test_independent_references.py'
+_AN = 'tests/test_audit_noise.py::'
+AN_FULL = _AN + 'test_gaussian_full_fine_tuning'
+AN_RGP = _AN + 'test_gaussian_rgp_carriers'
+AN_SCHED = (_AN + 'test_batch_size_schedule_divides_by_each_steps_expected_'
+            'size')
+AN_AC = (_AN + 'test_dp_adam_ac_gradient_and_count_noise_where_the_boost_'
+         'matters')
+AN_LMO = _AN + 'test_lmo_noise_law_and_scale'
+_IR = 'tests/accounting/test_independent_references.py::'
+IR_PLD = _IR + 'test_pld_schedule_is_a_tight_upper_bound_of_dp_accounting'
+IR_RDP = _IR + 'test_rdp_schedule_equals_dp_accounting_on_the_same_orders'
+IR_LMO = _IR + 'test_lmo_sound_epsilon_against_numerical_pld'
+IR_LMO_SCHED = (_IR + 'test_lmo_sound_epsilon_of_a_schedule_against_'
+                'numerical_pld')
 
 _T_NOISE = 'tests/test_noise.py'
 _T_OPT = 'tests/test_optimizers.py'
@@ -76,26 +88,26 @@ MUTATIONS = [
        'noise = [stddev * jax.random.normal(',
        'noise = [0.5 * stddev * jax.random.normal(',
        'less_noise', 'every Gaussian noise draw at half the std the ledger '
-       'records', [_T_NOISE, AUDIT_NOISE]),
+       'records', [_T_NOISE, AN_FULL]),
     _m('noise_98pct', 'dpjax/noise.py',
        'noise = [stddev * jax.random.normal(',
        'noise = [0.98 * stddev * jax.random.normal(',
        'less_noise', 'a 2% deficit of the Gaussian noise std',
        [_T_NOISE + '::test_noise_std_passes_ks_and_fails_at_wrong_scales',
-        AUDIT_NOISE]),
+        AN_FULL]),
     _m('noise_95pct', 'dpjax/noise.py',
        'noise = [stddev * jax.random.normal(',
        'noise = [0.95 * stddev * jax.random.normal(',
        'less_noise', 'a 5% deficit of the Gaussian noise std',
        [_T_NOISE + '::test_noise_std_passes_ks_and_fails_at_wrong_scales',
-        AUDIT_NOISE]),
+        AN_FULL]),
     _m('noise_key_reused', 'dpjax/noise.py',
        'return out, NoiseState(key=key)',
        'return out, NoiseState(key=state.key)',
        'less_noise', 'the same noise vector every step (the key is never '
        'advanced): differences of updates are noiseless',
        [_T_NOISE + '::test_noise_differs_every_step_and_is_reproducible',
-        AUDIT_NOISE]),
+        AN_FULL]),
     _m('dp_stages_half_noise', 'dpjax/optimizers.py',
        'noise=noise_lib.gaussian_noise(noise_multiplier * l2_clip_norm, key),',
        'noise=noise_lib.gaussian_noise(noise_multiplier * l2_clip_norm / 2, '
@@ -103,13 +115,13 @@ MUTATIONS = [
        'less_noise', 'the DP chain (trainer and research path) adds '
        'sigma*C/2 while the ledger records sigma',
        [_T_OPT + '::test_noise_is_added_to_the_sum_then_divided_by_expected_'
-        'batch', AUDIT_NOISE]),
+        'batch', AN_FULL]),
     _m('dp_stages_no_noise', 'dpjax/optimizers.py',
        'noise=noise_lib.gaussian_noise(noise_multiplier * l2_clip_norm, key),',
        'noise=optax.identity(),',
        'less_noise', 'the DP chain adds no noise at all',
        [_T_OPT + '::test_noise_is_added_to_the_sum_then_divided_by_expected_'
-        'batch', AUDIT_NOISE]),
+        'batch', AN_FULL]),
     _m('build_stages_half_sigma', 'dpjax/run_setup.py',
        'noise_multiplier=plan.noise_multiplier,\n'
        '      expected_batch_size=plan.batch_schedule or',
@@ -117,14 +129,14 @@ MUTATIONS = [
        '      expected_batch_size=plan.batch_schedule or',
        'less_noise', 'the trainer builds its Gaussian stage with sigma/2; '
        'the ledger records sigma',
-       [AUDIT_NOISE, _TWO_RUNS]),
+       [AN_FULL, _TWO_RUNS]),
     _m('build_stages_noise_identity', 'dpjax/run_setup.py',
        'if not plan.enabled:\n    stages = stages._replace(noise=optax.'
        'identity())',
        'if True:\n    stages = stages._replace(noise=optax.identity())',
        'less_noise', 'the trainer replaces the noise stage by the identity '
        '(private runs add no noise)',
-       [AUDIT_NOISE, _TWO_RUNS]),
+       [AN_FULL, _TWO_RUNS]),
     _m('normalize_constant_doubled', 'dpjax/optimizers.py',
        'return optax.scale(1.0 / float(sizes[0]))',
        'return optax.scale(2.0 / float(sizes[0]))',
@@ -185,7 +197,7 @@ MUTATIONS = [
        'wrong_sensitivity', 'the noised update is divided by the realised '
        'batch size n: the release reveals n (add/remove sensitivity 1, no '
        'noise), a leak outside the accounted mechanism',
-       [AUDIT_NOISE, _T_TRAIN + '::test_one_device_equals_eight_devices']),
+       [AN_SCHED, _T_TRAIN + '::test_one_device_equals_eight_devices']),
     _m('dropout_slot_keyed', 'dpjax/steps.py',
        'return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(\n'
        '      record_ids.astype(jnp.uint32))',
@@ -211,21 +223,21 @@ MUTATIONS = [
        'less_noise', 'a 2% deficit of the LMO noise scale',
        [_T_LMO_NOISE + '::test_transformation_state_key_and_scaling',
         _T_TRAIN_LMO + '::test_lmo_step_clips_in_l1_and_adds_scaled_lmo_noise',
-        AUDIT_NOISE]),
+        AN_LMO]),
     _m('lmo_noise_95pct', 'dpjax/lmo_noise.py',
        'noise = [scale * sample_lmo(k, params, jnp.shape(x))',
        'noise = [0.95 * scale * sample_lmo(k, params, jnp.shape(x))',
        'less_noise', 'a 5% deficit of the LMO noise scale',
        [_T_LMO_NOISE + '::test_transformation_state_key_and_scaling',
         _T_TRAIN_LMO + '::test_lmo_step_clips_in_l1_and_adds_scaled_lmo_noise',
-        AUDIT_NOISE]),
+        AN_LMO]),
     _m('lmo_laplace_half', 'dpjax/lmo_noise.py',
        'return jax.random.laplace(k_lap, shape, jnp.float32) / eps',
        'return jax.random.laplace(k_lap, shape, jnp.float32) / (2.0 * eps)',
        'less_noise', 'the unit LMO sampler draws Laplace at half the '
        'accounted scale',
        [_T_LMO_NOISE + '::test_noise_matches_exact_distribution',
-        AUDIT_NOISE]),
+        AN_LMO]),
     _m('lmo_exponential_rate', 'dpjax/lmo_noise.py',
        '(p.a3 / p.lam) * jax.random.exponential(',
        '(p.a3 * p.lam) * jax.random.exponential(',
@@ -238,14 +250,14 @@ MUTATIONS = [
        'return out, LMONoiseState(key=state.key)',
        'less_noise', 'the same LMO noise vector every step',
        [_T_LMO_NOISE + '::test_transformation_state_key_and_scaling',
-        AUDIT_NOISE]),
+        AN_LMO]),
     _m('lmo_stage_half_scale', 'dpjax/run_setup.py',
        'l1_sensitivity=plan.lmo_noise_scale,',
        'l1_sensitivity=plan.lmo_noise_scale / 2,',
        'less_noise', 'the trainer scales the unit LMO noise by half the '
        'planned scale',
        [_T_TRAIN_LMO + '::test_lmo_step_clips_in_l1_and_adds_scaled_lmo_noise',
-        AUDIT_NOISE]),
+        AN_LMO]),
     _m('plan_lmo_scale_half', 'dpjax/privacy_plan.py',
        'lmo_noise_scale=m * c1, **common)',
        'lmo_noise_scale=m * c1 / 2, **common)',
@@ -253,7 +265,7 @@ MUTATIONS = [
        'L1 clip norm while the ledger records the multiplier',
        [_T_TRAIN_LMO + '::test_lmo_step_clips_in_l1_and_adds_scaled_lmo_noise',
         _T_TRAIN_LMO + '::test_lmo_run_is_calibrated_and_accounted_with_the_'
-        'sound_bound', AUDIT_NOISE]),
+        'sound_bound', AN_LMO]),
     # ----------------------------------------------------------------------
     # RGP carrier noise (dpjax/rgp_step.py) and clip (run_setup.py).
     _m('rgp_noise_98pct', 'dpjax/rgp_step.py',
@@ -261,13 +273,13 @@ MUTATIONS = [
        'noised, noise_state = stages.noise.update(total, opt_state[1]); '
        'noised = jax.tree.map(lambda n, t: t + 0.98 * (n - t), noised, total)',
        'less_noise', 'a 2% deficit of the noise on RGP\'s carrier sum',
-       [_T_RGP + '::test_noise_only_in_carrier_space', AUDIT_NOISE]),
+       [_T_RGP + '::test_noise_only_in_carrier_space', AN_RGP]),
     _m('rgp_noise_95pct', 'dpjax/rgp_step.py',
        'noised, noise_state = stages.noise.update(total, opt_state[1])',
        'noised, noise_state = stages.noise.update(total, opt_state[1]); '
        'noised = jax.tree.map(lambda n, t: t + 0.95 * (n - t), noised, total)',
        'less_noise', 'a 5% deficit of the noise on RGP\'s carrier sum',
-       [_T_RGP + '::test_noise_only_in_carrier_space', AUDIT_NOISE]),
+       [_T_RGP + '::test_noise_only_in_carrier_space', AN_RGP]),
     _m('rgp_clip_skipped', 'dpjax/run_setup.py',
        'l2_clip_norm=plan.clip_norm if plan.enabled else math.inf,',
        'l2_clip_norm=math.inf,',
@@ -282,7 +294,7 @@ MUTATIONS = [
        'wrong_sensitivity', 'group units get noise for sensitivity C instead '
        'of 2C',
        [_T_AC + '::test_group_mode_noise_is_scaled_to_two_c',
-        _T_GROUPS, AUDIT_NOISE]),
+        _T_GROUPS, AN_AC]),
     _m('group_mask_ignored', 'dpjax/microbatch_groups.py',
        'x32 = jnp.where(keep, x.astype(jnp.float32), 0.0)',
        'x32 = x.astype(jnp.float32)',
@@ -307,7 +319,7 @@ MUTATIONS = [
        'less_noise', 'DP-Adam-AC drops the extra gradient noise that pays for '
        'the released count (sigma_Delta -> z)',
        [_T_AC + '::test_noise_std_is_sigma_delta_times_clip_norm_before_its_'
-        'update', AUDIT_NOISE]),
+        'update', AN_AC]),
     _m('ac_sigma_delta_formula', 'dpjax/adaptive_clipping.py',
        'return (z ** -2 - zb ** -2) ** -0.5',
        'return (z ** -2 + zb ** -2) ** -0.5',
@@ -321,20 +333,20 @@ MUTATIONS = [
        'std = state.grad_multiplier * c_t',
        'wrong_sensitivity', 'DP-Adam-AC group mode noises for C_t instead of '
        '2 C_t',
-       [_T_AC + '::test_group_mode_noise_is_scaled_to_two_c', AUDIT_NOISE]),
+       [_T_AC + '::test_group_mode_noise_is_scaled_to_two_c', AN_AC]),
     _m('ac_count_noise_half', 'dpjax/adaptive_clipping.py',
        'noise = count_noise_std * jax.random.normal(key, (), jnp.float32)',
        'noise = 0.5 * count_noise_std * jax.random.normal(key, (), '
        'jnp.float32)',
        'less_noise', 'the unclipped count gets half its noise',
        [_T_ADAPT + '::test_implemented_noise_stds_give_whitened_sensitivity_'
-        'one_over_z', AUDIT_NOISE]),
+        'one_over_z', AN_AC]),
     _m('ac_count_sensitivity_half', 'dpjax/adaptive_clipping.py',
        'return 0.5 if (group_size == 1 and centered) else 1.0',
        'return 0.5',
        'wrong_count', 'count sensitivity 1/2 where it is 1 (groups, raw '
        'count): sigma_Delta too small',
-       [_T_ADAPT + '::test_group_count_sensitivity', AUDIT_NOISE]),
+       [_T_ADAPT + '::test_group_count_sensitivity', AN_AC]),
     _m('ac_count_not_centered', 'dpjax/adaptive_clipping.py',
        'centered = count - 0.5 * jnp.asarray(num_units, jnp.float32)',
        'centered = count',
@@ -342,17 +354,17 @@ MUTATIONS = [
        'centered one (sensitivity 1/2) is accounted',
        [_T_ADAPT + '::test_implemented_noise_stds_give_whitened_sensitivity_'
         'one_over_z', _T_ADAPT + '::test_private_quantile_tracking_converges_'
-        'to_target_quantile', AUDIT_NOISE]),
+        'to_target_quantile', AN_AC]),
     _m('ac_count_key_reused', 'dpjax/dp_adam_ac.py',
        'clip_norm=c_next.astype(jnp.float32), count_key=count_key,',
        'clip_norm=c_next.astype(jnp.float32), count_key=ctl.count_key,',
        'less_noise', 'the same count noise every step',
-       [AUDIT_NOISE, _T_ADAPT]),
+       [AN_AC, _T_ADAPT]),
     _m('ac_grad_key_reused', 'dpjax/dp_adam_ac.py',
        'return out, NoiseStageState(noise=noise_lib.NoiseState(key=key),',
        'return out, NoiseStageState(noise=state.noise,',
        'less_noise', 'the same DP-Adam-AC gradient noise every step',
-       [AUDIT_NOISE, _T_AC]),
+       [AN_AC, _T_AC]),
     _m('ac_centered_when_raw_accounted', 'dpjax/dp_adam_ac.py',
        'if not count_centered:\n      num_examples = None',
        'if False:\n      num_examples = None',
@@ -411,12 +423,12 @@ MUTATIONS = [
        'ledger.record(self.q_at(step), self.noise_multiplier)',
        'ledger.record(self.q_at(step), 1.1 * self.noise_multiplier)',
        'wrong_accounting', 'the ledger records 1.1 sigma',
-       [_RAMP_RUN, AUDIT_NOISE]),
+       [_RAMP_RUN, AN_FULL]),
     _m('ledger_records_half_q', 'dpjax/privacy_plan.py',
        'ledger.record(self.q_at(step), self.noise_multiplier)',
        'ledger.record(self.q_at(step) / 2, self.noise_multiplier)',
        'wrong_accounting', 'the ledger records q/2',
-       [_RAMP_RUN, AUDIT_NOISE]),
+       [_RAMP_RUN, AN_FULL]),
     _m('ledger_skips_steps', 'dpjax/privacy_plan.py',
        '    if self.enabled:\n      ledger.record(',
        '    if self.enabled and step % 2:\n      ledger.record(',
@@ -525,21 +537,21 @@ MUTATIONS = [
        'for p in phases[-1:] if p.count > 0)',
        'wrong_accounting', 'PLD composes only the last phase',
        [_T_SCHED + '::test_variable_q_ledger_equals_direct_composition',
-        _T_PLD, INDEPENDENT_REFS]),
+        _T_PLD, IR_PLD]),
     _m('pld_half_steps', 'dpjax/accounting/pld.py',
        'return tuple((float(p.q), float(p.sigma), int(p.count))',
        'return tuple((float(p.q), float(p.sigma), int(p.count + 1) // 2)',
-       'wrong_count', 'PLD composes half the steps', [_T_PLD, INDEPENDENT_REFS]),
+       'wrong_count', 'PLD composes half the steps', [_T_PLD, IR_PLD]),
     _m('pld_remove_direction_only', 'dpjax/accounting/pld.py',
        "return ('remove', 'add')",
        "return ('remove',)",
        'wrong_accounting', 'add/remove epsilon from the remove direction '
-       'only', [_T_PLD, INDEPENDENT_REFS]),
+       'only', [_T_PLD, IR_PLD]),
     _m('pld_delta_x10', 'dpjax/accounting/pld.py',
        'eps = max(_eps_from_pmf(*r, delta)',
        'eps = max(_eps_from_pmf(*r, 10 * delta)',
        'wrong_accounting', 'PLD epsilon read off at 10 delta',
-       [_T_PLD, INDEPENDENT_REFS]),
+       [_T_PLD, IR_PLD]),
     _m('pld_bucket_sigma_up', 'dpjax/accounting/pld.py',
        'sb = (math.exp(math.floor(math.log(s) / lr + 1e-12) * lr)',
        'sb = (math.exp(math.ceil(math.log(s) / lr + 1e-12) * lr)',
@@ -553,27 +565,27 @@ MUTATIONS = [
        'total = p.count * self._cache[key]',
        'wrong_accounting', 'RDP keeps only the last phase',
        [_T_SCHED + '::test_variable_q_ledger_equals_direct_composition',
-        _T_RDP, INDEPENDENT_REFS]),
+        _T_RDP, IR_RDP]),
     _m('rdp_full_batch_half', 'dpjax/accounting/rdp.py',
        'return orders / (2 * sigma**2)',
        'return orders / (4 * sigma**2)',
        'wrong_sensitivity', 'RDP of the q = 1 Gaussian for sensitivity 1/sqrt2',
-       [_T_RDP, INDEPENDENT_REFS]),
+       [_T_RDP, IR_RDP]),
     _m('rdp_log_a_int_sigma', 'dpjax/accounting/rdp.py',
        '(k * k - k) / (2 * sigma**2))',
        '(k * k - k) / (4 * sigma**2))',
        'wrong_accounting', 'subsampled-Gaussian RDP (integer orders) for a '
-       'larger sigma', [_T_RDP, INDEPENDENT_REFS]),
+       'larger sigma', [_T_RDP, IR_RDP]),
     _m('rdp_delta_x10', 'dpjax/accounting/rdp.py',
        '(math.log(delta) + np.log(orders)) / (orders - 1))',
        '(math.log(10 * delta) + np.log(orders)) / (orders - 1))',
        'wrong_accounting', 'RDP -> (eps, delta) conversion at 10 delta',
-       [_T_RDP, INDEPENDENT_REFS]),
+       [_T_RDP, IR_RDP]),
     _m('rdp_replace_one_sensitivity', 'dpjax/accounting/rdp.py',
        'return p.sigma / 2.0',
        'return p.sigma',
        'wrong_sensitivity', 'replace-one accounted with sensitivity C '
-       'instead of 2C', [_T_RDP, INDEPENDENT_REFS]),
+       'instead of 2C', [_T_RDP, IR_RDP]),
     # ----------------------------------------------------------------------
     # Edgeworth (an estimate, always reported beside the PLD bound).
     _m('edgeworth_drops_phases', 'dpjax/accounting/edgeworth.py',
@@ -589,29 +601,29 @@ MUTATIONS = [
        'return [LMOPhase(self.params, float(p.q), int(p.count) // 2,',
        'wrong_count', 'the LMO accountant composes half the steps',
        [_T_LMO, _T_TRAIN_LMO + '::test_lmo_run_is_calibrated_and_accounted_'
-        'with_the_sound_bound', INDEPENDENT_REFS]),
+        'with_the_sound_bound', IR_LMO, IR_LMO_SCHED]),
     _m('lmo_sensitivity_half', 'dpjax/accounting/lmo.py',
        'l1_sensitivity=1.0 / float(p.sigma))',
        'l1_sensitivity=0.5 / float(p.sigma))',
        'wrong_sensitivity', 'the LMO accountant assumes half the L1 '
        'sensitivity', [_T_LMO, _T_TRAIN_LMO + '::test_lmo_run_is_calibrated_'
                         'and_accounted_with_the_sound_bound',
-                        INDEPENDENT_REFS]),
+                        IR_LMO, IR_LMO_SCHED]),
     _m('lmo_rdp_half_steps', 'dpjax/accounting/lmo.py',
        'total = total + ph.count * subsampled_rdp(',
        'total = total + (ph.count // 2) * subsampled_rdp(',
        'wrong_count', 'the LMO RDP route composes half the steps',
-       [_T_LMO, INDEPENDENT_REFS]),
+       [_T_LMO, IR_LMO, IR_LMO_SCHED]),
     _m('lmo_pure_half_rate', 'dpjax/accounting/lmo.py',
        'eps_pure += ph.count * amplified_pure_dp(e, float(ph.q))',
        'eps_pure += ph.count * amplified_pure_dp(e, float(ph.q) / 2)',
        'wrong_rate', 'the LMO pure-DP route amplifies with q/2',
-       [_T_LMO, INDEPENDENT_REFS]),
+       [_T_LMO, IR_LMO, IR_LMO_SCHED]),
     _m('lmo_delta_x10', 'dpjax/accounting/lmo.py',
        '(math.log(delta) + np.log(orders)) / (orders - 1))',
        '(math.log(10 * delta) + np.log(orders)) / (orders - 1))',
        'wrong_accounting', 'LMO RDP -> (eps, delta) conversion at 10 delta',
-       [_T_LMO, INDEPENDENT_REFS]),
+       [_T_LMO, IR_LMO, IR_LMO_SCHED]),
     # ----------------------------------------------------------------------
     # Reports.
     _m('report_steps_halved', 'dpjax/reporting.py',
