@@ -546,57 +546,59 @@ def row_dp_adam_ac(results: Results) -> list[Row]:
 
 
 def row_mechanism_comparison(results: Results) -> list[Row]:
-  """Gaussian vs Edgeworth-calibrated vs LMO (mechanism_comparison.json)."""
+  """Gaussian vs Edgeworth-calibrated vs LMO (mechanism_comparison.json).
+
+  Reports each run present (mean over its seeds, with the seed count), so a
+  file written before every planned (run, seed) finished still renders.
+  """
   f = 'mechanism_comparison.json'
   d = results.json(f)
   runs = get(d, f, 'results')
+  names = list(dict.fromkeys(str(get(r, f, 'run')) for r in runs))
+  of = {n: select(runs, f, run=n) for n in names}
 
-  def of(run: str) -> list[dict[str, Any]]:
-    return select(runs, f, run=run)
+  def mean(run: str, *key: str) -> float:
+    return statistics.mean(num(r, f, *key) for r in of[run])
 
-  def mean(run: str, key: str) -> float:
-    return statistics.mean(num(r, f, key) for r in of(run))
+  def seeds(run: str) -> str:
+    n = len(of[run])
+    return f'{n} seed{"s" if n != 1 else ""}'
 
-  def seeds(run: str) -> int:
-    return len(of(run))
+  def accs(run: str) -> list[float]:
+    return [num(r, f, 'accuracy') for r in of[run]]
 
-  gauss, edge = of('gaussian_pld'), of('gaussian_edgeworth')
-  lmo = of('lmo_sound')
-  edge_estimate = statistics.mean(
-      num(r, f, 'epsilon_rows', 'edgeworth') for r in edge)
-  lmo_below = (max(num(r, f, 'accuracy') for r in lmo)
-               < min(num(r, f, 'accuracy') for r in gauss))
-  initial = statistics.mean(num(r, f, 'accuracy_initial') for r in gauss)
-  paper = of('lmo_paper_faithful_not_private')
-  nonpriv = of('nonprivate')
-  extra = []
-  if paper:
-    p = paper[0]
-    extra.append(
-        f'{num(p, f, "accuracy"):.3f} for LMO as the paper runs it (NOT '
-        f'private: sound bound {g3(num(p, f, "sound_epsilon"))} for the '
-        "paper's "
-        f'{g3(num(p, f, "epsilon_rows", "lmo_paper_faithful_not_private"))}'
-        f', {seeds("lmo_paper_faithful_not_private")} seed)')
-  if nonpriv:
-    extra.append(f'{mean("nonprivate", "accuracy"):.3f} without DP '
-                 f'({seeds("nonprivate")} seed)')
-  n = {seeds('gaussian_pld'), seeds('gaussian_edgeworth'), seeds('lmo_sound')}
+  def label(run: str) -> str:
+    sound = g3(mean(run, 'sound_epsilon'))
+    if run == 'gaussian_pld':
+      return f'Gaussian, PLD ε {sound}'
+    if run == 'gaussian_edgeworth':
+      return (f'Edgeworth-calibrated to an estimated ε '
+              f'{g3(mean(run, "epsilon_rows", "edgeworth"))}: its PLD bound '
+              f'is **{sound}**')
+    if run == 'lmo_sound':
+      below = ('gaussian_pld' in of
+               and max(accs(run)) < min(accs('gaussian_pld')))
+      return (f'LMO, sound ε {sound}'
+              + ('; every seed below every Gaussian seed' if below else ''))
+    if run == 'lmo_paper_faithful_not_private':
+      paper = g3(mean(run, 'epsilon_rows', 'lmo_paper_faithful_not_private'))
+      return (f'LMO as the paper runs it, NOT private: sound bound {sound} '
+              f"for the paper's {paper}")
+    if run == 'nonprivate':
+      return 'without DP'
+    private = all(get(r, f, 'formally_private') for r in of[run])
+    return f'{run}, sound ε {sound}' + ('' if private else ', NOT private')
+
+  first = names[0] if names else None
+  if first is None:
+    raise ResultKeyError(f'experiments/results/{f}: no results')
   return [Row(
       'Gaussian vs Edgeworth-calibrated Gaussian vs LMO, MiniLM with RGP, '
-      f'{num(d, f, "args", "steps"):.0f} steps, mean of '
-      f'{"/".join(str(k) for k in sorted(n))} seeds',
-      f'held-out accuracy {initial:.3f} before → '
-      f'{mean("gaussian_pld", "accuracy"):.3f} (Gaussian, PLD ε '
-      f'{g3(mean("gaussian_pld", "sound_epsilon"))}), '
-      f'{mean("gaussian_edgeworth", "accuracy"):.3f} (Edgeworth-calibrated '
-      f'to an estimated ε {g3(edge_estimate)}'
-      ': its PLD bound is '
-      f'**{g3(mean("gaussian_edgeworth", "sound_epsilon"))}**), '
-      f'{mean("lmo_sound", "accuracy"):.3f} (LMO, sound ε '
-      f'{g3(mean("lmo_sound", "sound_epsilon"))}'
-      + ('; every seed below every Gaussian seed' if lmo_below else '') + ')'
-      + (f'; {", ".join(extra)}' if extra else ''),
+      f'{num(d, f, "args", "steps"):.0f} steps, held-out accuracy (mean over '
+      'seeds)',
+      f'{mean(first, "accuracy_initial"):.3f} before → '
+      + ', '.join(f'{mean(n, "accuracy"):.3f} ({label(n)}; {seeds(n)})'
+                  for n in names),
       (f, 'mechanism_comparison.md'))]
 
 
@@ -692,6 +694,8 @@ def row_mutation_report(results: Results) -> list[Row]:
   other = ', '.join(f'{count[o]} {o}' for o in count
                     if o not in ('caught', 'survived'))
   subset = ' (a subset: --only)' if d.get('only') else ''
+  if d.get('complete') is False:
+    subset += ' (incomplete run)'
   return [Row(
       f'Mutation testing, one-line mutations of the privacy-critical '
       f'code{subset}',
