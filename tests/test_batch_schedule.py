@@ -88,3 +88,84 @@ def test_calibrate_sigma_for_schedule_is_verified_and_tight():
   phases = batch_schedule.phases(rates, sigma)
   assert rdp.epsilon(phases, 1e-5) <= 2.0
   assert rdp.epsilon(batch_schedule.phases(rates, sigma * 0.995), 1e-5) > 2.0
+
+
+def _trainer_draws(steps=3000, seed=20261):
+  """Sampler, plan and ledger built and driven as `dpjax.train` does.
+
+  `configs/debug.py` with `train.batch_schedule='linear_ramp'`; the plan from
+  `privacy_plan.plan_privacy`, the sampler from `train._make_sampler`, and per
+  step exactly the trainer loop's two calls: `sampler.draw(
+  plan.batch_size_at(step))` and `ledger.record(plan.q_at(step), sigma)`.
+  Returns (plan, ledger, per-step realised sizes, per-record counts, number
+  of steps in which both records 0 and 1 were drawn).
+  """
+  from configs import debug  # pylint: disable=g-import-not-at-top
+  from dpjax import configuration  # pylint: disable=g-import-not-at-top
+  from dpjax import privacy_plan  # pylint: disable=g-import-not-at-top
+  from dpjax import train  # pylint: disable=g-import-not-at-top
+  config = debug.get_config()
+  config.train.update(steps=steps, batch_size=48, max_batch_size=96,
+                      batch_schedule='linear_ramp', batch_schedule_start=8.0,
+                      batch_schedule_ramp_steps=steps // 2)
+  config.dp.update(noise_multiplier=1.0)  # no calibration needed here
+  configuration.validate(config)
+  n = 512
+  plan = privacy_plan.plan_privacy(config, n)
+  sampler = train._make_sampler(config, plan, np.random.SeedSequence(seed))  # pylint: disable=protected-access
+  ledger = PrivacyLedger(sampling=plan.sampling, dataset_size=n,
+                         batch_size=int(math.ceil(plan.expected_batch_size)))
+  sizes = np.zeros(steps, np.int64)
+  counts = np.zeros(n, np.int64)
+  both = 0
+  for step in range(1, steps + 1):
+    idx, mask = (sampler.draw(plan.batch_size_at(step))
+                 if plan.batch_schedule else sampler.draw())
+    ledger.record(plan.q_at(step), plan.noise_multiplier)
+    drawn = idx[mask]
+    assert len(np.unique(drawn)) == drawn.size  # without replacement
+    sizes[step - 1] = drawn.size
+    np.add.at(counts, drawn, 1)
+    both += int(0 in drawn and 1 in drawn)
+  return plan, ledger, sizes, counts, both
+
+
+def test_sampler_realised_rate_matches_the_ledger_q_t():
+  """Per step t, |batch| ~ Binomial(N, q_t) with q_t read from the LEDGER.
+
+  3000 steps, E|batch| from 8 to 48 (sum ~ 1.1e5): a 5% rate error is ~16
+  standard errors of the total, and ~5 in each of 10 blocks of steps.
+  """
+  steps = 3000
+  plan, ledger, sizes, counts, both = _trainer_draws(steps)
+  del counts, both
+  assert plan.batch_schedule is not None and ledger.steps == steps
+  q = np.concatenate([[p.q] * p.count for p in ledger.phases])
+  assert q.size == steps and q[0] < 0.2 * q[-1]  # a real ramp
+  n = plan.dataset_size
+  mean, var = n * q, n * q * (1 - q)
+  # Whole run, then 10 blocks (Bonferroni over 11 z-scores at ~1e-4 each).
+  assert abs((sizes.sum() - mean.sum()) / math.sqrt(var.sum())) < 4.0
+  for block in np.array_split(np.arange(steps), 10):
+    z = (sizes[block].sum() - mean[block].sum()) / math.sqrt(var[block].sum())
+    assert abs(z) < 4.0, block[0]
+  # Per-step chi-square (catches a wrong spread as well as a wrong mean).
+  chi2 = float(np.sum((sizes - mean) ** 2 / var))
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  assert 1e-4 < stats.chi2.sf(chi2, steps) < 1 - 1e-4
+
+
+def test_sampler_membership_is_independent_per_record_at_rate_q_t():
+  """Record i is drawn in step t with probability q_t, independently: each
+  record's count ~ Poisson-binomial(sum_t q_t), and two records are drawn
+  together sum_t q_t^2 times in expectation."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  plan, ledger, sizes, counts, both = _trainer_draws(3000)
+  del plan, sizes
+  q = np.concatenate([[p.q] * p.count for p in ledger.phases])
+  mean, var = q.sum(), (q * (1 - q)).sum()
+  z = (counts - mean) / math.sqrt(var)
+  assert np.max(np.abs(z)) < 4.5  # Bonferroni over 512 records
+  assert 1e-4 < stats.chi2.sf(float(np.sum(z ** 2)), counts.size) < 1 - 1e-4
+  pair_mean, pair_var = (q ** 2).sum(), (q ** 2 * (1 - q ** 2)).sum()
+  assert abs(both - pair_mean) < 4.5 * math.sqrt(pair_var)
