@@ -30,6 +30,15 @@ def test_noise_std_passes_ks_and_fails_at_wrong_scales():
     assert p < 0.05, factor
 
 
+def test_noise_std_within_one_percent():
+  """The KS test above has no power against a 2% scale error; the sample
+  std of 3 x 65,536 draws (standard error 0.16%) has."""
+  sigma_c = 1.7
+  samples = _samples(sigma_c, dim=65_536).astype(np.float64)
+  assert abs(np.mean(samples)) < 5 * sigma_c / np.sqrt(samples.size)
+  assert np.std(samples) == pytest.approx(sigma_c, rel=0.01)
+
+
 def test_noise_differs_every_step_and_is_reproducible():
   a = _samples(1.0)
   assert not np.allclose(a[0], a[1]) and not np.allclose(a[1], a[2])

@@ -46,7 +46,9 @@ def test_huge_clip_zero_noise_reproduces_optax_adamw():
 
 def test_noise_is_added_to_the_sum_then_divided_by_expected_batch():
   # SGD with lr 1 and zero gradients: the update is -noise / B, noise ~ N(0, (sigma C)^2).
-  dim, b, sigma, clip = 4000, 50.0, 2.0, 0.5
+  # 250,000 coordinates: the std's standard error is 0.14%, so the 1%
+  # tolerance fails a 2% deficit (fixed key, deterministic).
+  dim, b, sigma, clip = 250_000, 50.0, 2.0, 0.5
   params = {'w': jnp.zeros((dim,))}
   tx = optimizers.dp_sgd(l2_clip_norm=clip, noise_multiplier=sigma,
                          expected_batch_size=b, learning_rate=1.0,
@@ -54,8 +56,8 @@ def test_noise_is_added_to_the_sum_then_divided_by_expected_batch():
   state = tx.init(params)
   u, _ = tx.update({'w': jnp.zeros((3, dim))}, state, params,
                    mask=jnp.ones(3))
-  std = float(np.std(np.asarray(u['w'])))
-  assert abs(std - sigma * clip / b) < 0.05 * sigma * clip / b
+  std = float(np.std(np.asarray(u['w'], np.float64)))
+  assert abs(std - sigma * clip / b) < 0.01 * sigma * clip / b
 
 
 def test_chain_state_holds_key_and_ema_and_mask_is_respected():

@@ -221,7 +221,6 @@ def test_vmap_grad_ste_nonzero_latent_grads():
   for name in ('q_proj', 'k_proj', 'v_proj', 'o_proj'):
     g = grads['layers_0']['self_attn'][name]['kernel']
     assert g.shape[0] == 3 and bool(jnp.all(jnp.isfinite(g)))
-    assert float(jnp.abs(g).min(axis=(1, 2)).max()) >= 0
     assert bool(jnp.all(jnp.abs(g).max(axis=(1, 2)) > 0)), name
   for name in ('gate_proj', 'up_proj', 'down_proj'):
     g = grads['layers_1']['mlp'][name]['kernel']
