@@ -22,6 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Pooled coordinates: the Gaussian scale's relative standard error is
 # 1/sqrt(2 n) = 0.16%, so the 1% tolerance fails a 2% deficit by > 6 SE.
 MIN_COORDS = 200_000
+ALL_KERNELS = r'.*(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)'
+LORA = {'peft.mode': 'lora', 'peft.lora_rank': 16,
+        'peft.lora_targets': ALL_KERNELS}  # 8,192 coordinates a step
 
 
 def tiny_config(**overrides):
@@ -62,11 +65,11 @@ def test_gaussian_full_fine_tuning():
 
 
 def test_gaussian_lora():
-  assert_measured(probe(tiny_config(**{'peft.mode': 'lora'})))
+  assert_measured(probe(tiny_config(**LORA)))
 
 
 def test_gaussian_rgp_carriers():
-  r = probe(tiny_config(**{'peft.mode': 'rgp'}))
+  r = probe(tiny_config(**{'peft.mode': 'rgp', 'peft.rgp_rank': 8}))
   assert_measured(r)
   assert r.path.startswith('rgp/')
 
@@ -152,7 +155,7 @@ def test_catches_the_trainer_building_half_the_noise(monkeypatch):
   real = optimizers.dp_stages
   monkeypatch.setattr(optimizers, 'dp_stages', lambda **kw: real(**dict(
       kw, noise_multiplier=kw['noise_multiplier'] / 2)))
-  r = probe(tiny_config(**{'peft.mode': 'lora'}))
+  r = probe(tiny_config(**LORA))
   c = r.check('gaussian noise std / S (multiplier)')
   assert not r.passed and c.ratio == pytest.approx(0.5, abs=0.01)
 
