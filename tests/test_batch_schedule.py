@@ -94,9 +94,10 @@ def _trainer_draws(steps=3000, seed=20261):
   """Sampler, plan and ledger built and driven as `dpjax.train` does.
 
   `configs/debug.py` with `train.batch_schedule='linear_ramp'`; the plan from
-  `privacy_plan.plan_privacy`, the sampler from `train._make_sampler`, and per
-  step exactly the trainer loop's two calls: `sampler.draw(
-  plan.batch_size_at(step))` and `ledger.record(plan.q_at(step), sigma)`.
+  `privacy_plan.plan_privacy`, the sampler from `train.make_sampler`, and per
+  step the trainer loop's own two calls: `train.draw_batch(sampler, plan,
+  step)` and `plan.record_step(ledger, step)` (the ledger from
+  `plan.new_ledger`).
   Returns (plan, ledger, per-step realised sizes, per-record counts, number
   of steps in which both records 0 and 1 were drawn).
   """
@@ -112,16 +113,14 @@ def _trainer_draws(steps=3000, seed=20261):
   configuration.validate(config)
   n = 512
   plan = privacy_plan.plan_privacy(config, n)
-  sampler = train._make_sampler(config, plan, np.random.SeedSequence(seed))  # pylint: disable=protected-access
-  ledger = PrivacyLedger(sampling=plan.sampling, dataset_size=n,
-                         batch_size=int(math.ceil(plan.expected_batch_size)))
+  sampler = train.make_sampler(config, plan, np.random.SeedSequence(seed))
+  ledger = plan.new_ledger('record')
   sizes = np.zeros(steps, np.int64)
   counts = np.zeros(n, np.int64)
   both = 0
   for step in range(1, steps + 1):
-    idx, mask = (sampler.draw(plan.batch_size_at(step))
-                 if plan.batch_schedule else sampler.draw())
-    ledger.record(plan.q_at(step), plan.noise_multiplier)
+    idx, mask = train.draw_batch(sampler, plan, step)
+    plan.record_step(ledger, step)
     drawn = idx[mask]
     assert len(np.unique(drawn)) == drawn.size  # without replacement
     sizes[step - 1] = drawn.size
