@@ -332,10 +332,13 @@ VARIANT_HEADER = ['| variant | median s/step | round spread (max-min)/median '
 
 def provenance_line(s: dict) -> str:
   dirty = s['git_uncommitted_code']
+  if isinstance(dirty, list):
+    dirty = ', '.join(dirty)
   return (f"Commit `{s['git_commit']}`"
-          + (f" (uncommitted changes in: {', '.join(dirty)})" if dirty else '')
+          + (f" (uncommitted changes in: {dirty})" if dirty else '')
           + f"; jax {s['jax']} ({s['backend']}), {s['cpu_count']} CPUs, "
-          f"{s['date_utc']} UTC; `{s['command']}`.")
+          f"{s['date_utc']} UTC; `{s['command']}`."
+          + (f" {s['git_commit_note']}" if s.get('git_commit_note') else ''))
 
 
 def markdown(result: dict) -> str:
