@@ -489,6 +489,8 @@ def main():
       'wall_seconds': None,
   }
   result['wall_seconds'] = time.perf_counter() - t0
+  result['setup']['load_average_at_end'] = [round(x, 2)
+                                            for x in os.getloadavg()]
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, 'w') as f:
     json.dump(result, f, indent=2, default=float)

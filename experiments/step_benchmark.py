@@ -279,6 +279,7 @@ def run_info() -> dict:
       'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
       'backend': jax.default_backend(), 'cpu_count': os.cpu_count(),
       'machine': platform.machine(), 'python': platform.python_version(),
+      'load_average_at_start': [round(x, 2) for x in os.getloadavg()],
   }
 
 
@@ -338,6 +339,9 @@ def provenance_line(s: dict) -> str:
           + (f" (uncommitted changes in: {dirty})" if dirty else '')
           + f"; jax {s['jax']} ({s['backend']}), {s['cpu_count']} CPUs, "
           f"{s['date_utc']} UTC; `{s['command']}`."
+          + (f" Load average (1 min) {s['load_average_at_start'][0]:.1f} at "
+             f"the start, {s['load_average_at_end'][0]:.1f} at the end."
+             if 'load_average_at_end' in s else '')
           + (f" {s['git_commit_note']}" if s.get('git_commit_note') else ''))
 
 
@@ -416,6 +420,8 @@ def main():
       'wall_seconds': None,
   }
   result['wall_seconds'] = time.perf_counter() - t0
+  result['setup']['load_average_at_end'] = [round(x, 2)
+                                            for x in os.getloadavg()]
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, 'w') as f:
     json.dump(result, f, indent=2)
