@@ -106,3 +106,22 @@ def test_trainer_entry_point_and_group_mode_chain():
   np.testing.assert_allclose(
       mg.expected_nonempty_groups(dataset_size=100, q=0.05, num_groups=3),
       3 * (1 - (1 - 0.05 / 3) ** 100))
+
+
+def test_group_mode_noise_is_measured_at_twice_c_with_the_count_boost():
+  """The group chain's released noise: std = sigma_Delta * 2C, where 2C is the
+  group sensitivity (module proof) and sigma_Delta = (z^-2 - (1/sigma_b)^2)^-1/2
+  pays for the group count (sensitivity 1). Measured on 262,144 coordinates
+  (standard error 0.14%); a 2% deficit, S = C, or a dropped boost fail."""
+  z, sigma_b, c = 1.0, 2.0, 0.75
+  stages = dp_adam_ac.dp_adam_ac_stages(
+      noise_multiplier=z, expected_batch_size=8.0, learning_rate=1e-2,
+      key=jax.random.key(5), initial_clip_norm=c, count_noise_std=sigma_b,
+      group_size=2, num_groups=4)
+  zeros = {'w': jnp.zeros((512, 512), jnp.float32)}
+  state = stages.noise.init(zeros)
+  out, _ = stages.noise.update(zeros, state, num_unclipped=jnp.float32(2.0),
+                               num_examples=jnp.float32(4.0))
+  noise = np.asarray(out.updates['w'], np.float64).ravel()
+  need = (z ** -2 - (1.0 / sigma_b) ** 2) ** -0.5 * 2 * c
+  assert abs(np.sqrt(np.mean(noise ** 2)) / need - 1) < 0.01
