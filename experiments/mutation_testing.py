@@ -188,8 +188,8 @@ def write_report(rows, effects, meta, directory: str = RESULTS) -> None:
            f'(`experiments/mutation_testing.py`) on {meta["date"]}; '
            f'{len(rows)} mutations from `experiments/mutations.py`; '
            f'{sum(r["seconds"] for r in rows):.0f} s of pytest in all '
-           f'(this invocation: {meta["total_seconds"]:.0f} s wall'
-           + (', merged into the previous report' if
+           f'({meta["total_seconds"]:.0f} s wall'
+           + (', including reruns merged with --update' if
               meta.get('merged_into_previous') else '') +
            f'), per-mutation timeout {meta["timeout_s"]:g} s.'
            + ('' if meta.get('complete') else
@@ -295,11 +295,13 @@ def main(argv=None) -> int:
   # SIGTERM ends the run like Ctrl-C (subprocess.run then kills pytest).
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
   previous = {}
+  previous_seconds = 0.0
   report_json = os.path.join(args.out, 'mutation_report.json')
   if args.update and os.path.exists(report_json):
     with open(report_json) as f:
       old = json.load(f)
     previous = {r['id']: r for r in old['mutations']}
+    previous_seconds = float(old.get('total_seconds', 0.0))
   order = [m['id'] for m in load_mutations()[0]]
 
   start = time.time()
@@ -315,7 +317,7 @@ def main(argv=None) -> int:
     if args.no_report:
       return
     meta = {'date': datetime.datetime.now().isoformat(timespec='seconds'),
-            'total_seconds': round(time.time() - start, 1),
+            'total_seconds': round(previous_seconds + time.time() - start, 1),
             'timeout_s': args.timeout, 'only': args.only or None,
             'jobs': args.jobs, 'complete': final,
             'merged_into_previous': bool(previous)}

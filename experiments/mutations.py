@@ -638,11 +638,9 @@ MUTATIONS = [
        'accounted one', [_T_REPORTING, _DEBUG_RUN]),
     _m('report_rows_use_poisson_for_shuffle', 'dpjax/accounting/report.py',
        '    phases = ledger.accountable_phases()\n'
-       '    rows = _rows(phases, delta, accountants, ledger.neighbouring, '
-       'GUARANTEE,',
+       "    rows = _rows(phases, delta, accountants, 'add_remove', GUARANTEE)",
        '    phases = ledger.poisson_equivalent_phases()\n'
-       '    rows = _rows(phases, delta, accountants, ledger.neighbouring, '
-       'GUARANTEE,',
+       "    rows = _rows(phases, delta, accountants, 'add_remove', GUARANTEE)",
        'wrong_accounting', 'a shuffle run\'s guarantee rows claim Poisson '
        'amplification', [_T_REPORT, _SHUFFLE_RUN, _T_REPORTING]),
 ]
