@@ -325,8 +325,8 @@ def notes(result) -> list[str]:
       f"trainable set ({from_set:.0f} MB of {mb(dp_full) - mb(dp_rgp):.0f}): "
       f"RGP freezes the embeddings, LayerNorms and biases "
       f"({result['rgp_frozen_params'] / 1e6:.1f}M parameters, "
-      f"{result['rgp_frozen_embedding_params'] / 1e6:.1f}M of them "
-      'embeddings), which shrinks the per-example gradients and the AdamW/EMA '
+      f"{result['rgp_frozen_word_embedding_params'] / 1e6:.1f}M of them "
+      'word embeddings), which shrinks the per-example gradients and the AdamW/EMA '
       f"state. The control `{ctrl}` (ordinary DP-SGD on exactly RGP's "
       f"trainable leaves) needs {mb(ctrl):.0f} MB (temp {tb(ctrl):.0f}); the "
       f"carriers {'save' if saved >= 0 else 'add'} {abs(saved):.0f} MB of "
@@ -456,7 +456,7 @@ def main():
   trainable = {k: n_params((rgpm if 'rgp' in k else full).trainable)
                for k in fns}
   frozen_emb = sum(x.size for p, x in rgp.flat_params(rgpm.frozen).items()
-                   if 'embed' in p.lower())
+                   if 'word_embeddings' in p)
   result = {
       'setup': {'model': 'all-MiniLM-L6-v2 (BERT) + 2-way head',
                 'configs': ['configs/minilm_genre.py',
@@ -478,7 +478,7 @@ def main():
       'params_total': n_params(full.trainable) + n_params(full.frozen),
       'trainable_params': trainable,
       'rgp_frozen_params': n_params(rgpm.frozen),
-      'rgp_frozen_embedding_params': int(frozen_emb),
+      'rgp_frozen_word_embedding_params': int(frozen_emb),
       'rgp_noised_coordinates': model_setup.noised_coordinates(rgpm, RANK),
       'full_noised_coordinates': model_setup.noised_coordinates(full, RANK),
       'hlo_kernel_cotangent_dots': dots,
