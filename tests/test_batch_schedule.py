@@ -168,3 +168,34 @@ def test_sampler_membership_is_independent_per_record_at_rate_q_t():
   assert 1e-4 < stats.chi2.sf(float(np.sum(z ** 2)), counts.size) < 1 - 1e-4
   pair_mean, pair_var = (q ** 2).sum(), (q ** 2 * (1 - q ** 2)).sum()
   assert abs(both - pair_mean) < 4.5 * math.sqrt(pair_var)
+
+
+def test_trainer_draws_each_step_at_exactly_the_rate_it_records():
+  """Deterministic link: `train.draw_batch` asks the sampler for B_t and
+  `plan.record_step` records q_t = B_t / N for the same step t (an off-by-one
+  between them is too small for the statistical tests above)."""
+  from configs import debug  # pylint: disable=g-import-not-at-top
+  from dpjax import privacy_plan  # pylint: disable=g-import-not-at-top
+  from dpjax import train  # pylint: disable=g-import-not-at-top
+  config = debug.get_config()
+  config.train.update(steps=40, batch_size=48, max_batch_size=96,
+                      batch_schedule='linear_ramp', batch_schedule_start=8.0,
+                      batch_schedule_ramp_steps=30)
+  config.dp.update(noise_multiplier=1.0)
+  n = 512
+  plan = privacy_plan.plan_privacy(config, n)
+
+  class Spy:
+    asked = []
+
+    def draw(self, expected=None):
+      self.asked.append(expected)
+      return np.zeros(96, np.int64), np.zeros(96, bool)
+
+  spy, ledger = Spy(), plan.new_ledger('record')
+  for step in range(1, 41):
+    train.draw_batch(spy, plan, step)
+    plan.record_step(ledger, step)
+  recorded = [p.q for p in ledger.phases for _ in range(p.count)]
+  np.testing.assert_allclose(np.asarray(spy.asked) / n, recorded, rtol=1e-12)
+  assert len(set(spy.asked)) > 20  # the ramp really varies

@@ -134,3 +134,11 @@ def test_clip_stage_rejects_aggregated_input_and_bad_clip():
     clipping.microbatched_clipped_sum(_loss, params, batch, jnp.ones(12),
                                       keys, l2_clip_norm=1.0,
                                       microbatch_size=5)
+
+
+def test_partly_non_finite_example_contributes_nothing():
+  """One NaN coordinate makes the norm NaN: the example's finite coordinates
+  (here 100) must not pass unclipped; a finite example is clipped to C."""
+  per_ex = {'w': jnp.asarray([[jnp.nan, 100.0], [3.0, 4.0]], jnp.float32)}
+  s, _ = clipping.clipped_sum(per_ex, jnp.ones(2), 1.0)
+  np.testing.assert_allclose(np.asarray(s['w']), [0.6, 0.8], rtol=1e-6)

@@ -230,3 +230,16 @@ def test_privacy_rows_match_the_accountants():
       get_accountant('pld').epsilon(phases, 1e-5))
   assert math.isfinite(rows['rdp']) and rows['rdp'] > rows['pld']
   assert acc_report.is_guarantee_row(rep['privacy']['rows'][0])
+
+
+def test_every_delta_the_report_states_is_the_plans():
+  """The top-level delta, each row's delta and the text all give the plan's
+  delta (at which the rows' epsilons were computed)."""
+  rep = _build(plan=_plan(delta=3e-7), accountants=('pld', 'rdp'))
+  assert rep['delta'] == rep['privacy']['delta'] == 3e-7
+  for row in rep['privacy']['rows']:
+    assert row['delta'] == 3e-7
+  phases = _ledger().accountable_phases()
+  rows = {r['accountant']: r['epsilon'] for r in rep['privacy']['rows']}
+  assert rows['pld'] == pytest.approx(
+      get_accountant('pld').epsilon(phases, 3e-7))
