@@ -33,8 +33,10 @@ trainer's one call), and compares:
   definition (P(|X| > x) = E exp(-eps' x), a product of the Gamma,
   Exponential and Uniform Laplace transforms), not from the sampler.
 * The released update: the parameter change times B_t equals what the noise
-  stage released (for RGP: on the leaves updated directly; the carrier
-  reconstruction is checked in `tests/test_rgp_step.py`).
+  stage released (for RGP: the reconstruction of the released carriers with
+  the step's public bases, and the leaves updated directly).
+* Fresh noise at every step: consecutive steps' noise vectors are
+  uncorrelated (|r| < 6/sqrt(d); a reused key gives r = 1).
 
 Formal statement of what a pass shows: for this config's compiled step, with
 the fixed seed, the noise in the released update has (to the stated relative
@@ -61,6 +63,7 @@ from dpjax import configuration
 from dpjax import dp_adam_ac
 from dpjax import optimizers
 from dpjax import randomness
+from dpjax import rgp_step
 from dpjax import run_setup
 from dpjax import sharding
 from dpjax import steps as steps_lib
@@ -347,7 +350,7 @@ def probe_config(config, *, seed: int | None = None,
     batch = {k: v[idx] for k, v in data.train.items()}
     batch, mask_d, ids = jax.device_put(
         (batch, mask.astype(np.float32), idx.astype(np.int32)), batch_sh)
-    before = state.trainable
+    before, step_before = state.trainable, state.step
     state, _ = step_fn(state, frozen, batch, mask_d, dropout_key, ids)
     plan.record_step(ledger, step)
     tapped = jax.device_get(
@@ -364,23 +367,38 @@ def probe_config(config, *, seed: int | None = None,
     if rgp:
       from dpjax import rgp as rgp_lib  # pylint: disable=g-import-not-at-top
       flat_delta = rgp_lib.flat_params(delta)
+      # Target kernels: the reconstruction of the released carriers with
+      # the bases of this step (public: from the weights and config.seed).
+      bases = rgp_step.step_bases(
+          run_setup.rgp_key(config), step_before, before,
+          tuple(model.rgp_targets), int(config.peft.rgp_rank),
+          int(config.peft.rgp_power_iters))
+      recon = jax.device_get(rgp_lib.reconstruct(
+          tapped.released['carriers'], bases,
+          float(config.peft.rgp_cross_sign)))
       rel = {p: np.asarray(v, np.float64)
-             for p, v in tapped.released['other'].items()}
-      got = np.concatenate([flat_delta[p].ravel() * b_t for p in sorted(rel)]
-                           + [np.zeros(0)])
-      want = np.concatenate([rel[p].ravel() for p in sorted(rel)] +
-                            [np.zeros(0)])
+             for p, v in list(tapped.released['other'].items()) +
+             list(recon.items())}
+      got = np.concatenate([flat_delta[p].ravel() * b_t for p in sorted(rel)])
+      want = np.concatenate([rel[p].ravel() for p in sorted(rel)])
     else:
       got, want = _flat(delta) * b_t, released
     # Float32 parameters round the change by <= 2^-24 |param| per update.
     p_max = max(float(np.max(np.abs(_flat(jax.device_get(t)))))
                 for t in (before, state.trainable))
-    allowed = b_t * 2.0 ** -22 * p_max + 1e-6 * float(np.max(np.abs(want),
-                                                              initial=0.0))
+    # (RGP's reconstruction is float32 einsums: 1e-4 relative.)
+    allowed = b_t * 2.0 ** -22 * p_max + (1e-4 if rgp else 1e-6) * float(
+        np.max(np.abs(want), initial=0.0))
     release_err = max(release_err, float(np.max(np.abs(got - want),
                                                 initial=0.0)) /
                       max(allowed, 1e-30))
 
+  # Fresh noise every step: consecutive steps' noise vectors uncorrelated
+  # (a reused key gives correlation 1).
+  corr = max((abs(float(np.corrcoef(a, b)[0, 1]))
+              for a, b in zip(noise_units, noise_units[1:])
+              if a.size == b.size and a.size > 1), default=0.0)
+  min_d = min(u.size for u in noise_units)
   noise = np.concatenate(noise_units)
   phases = ledger.phases
   sigmas = {float(p.sigma) for p in phases}
@@ -434,6 +452,12 @@ def probe_config(config, *, seed: int | None = None,
   checks.append(Check('released update x B_t - released sum, max abs / '
                       'float32 rounding allowance', release_err, 0.0, 0.0,
                       1.0, 0.0))
+  if len(noise_units) > 1:
+    checks.append(Check('max |correlation| of consecutive steps\' noise',
+                        corr, 0.0, 0.0, 6.0 / math.sqrt(min_d),
+                        1.0 / math.sqrt(min_d)))
+  else:
+    notes.append('one step only: independence across steps not checked')
   return NoiseReport(path=capture.path_name(config, mesh.shape['data']),
                      mechanism=plan.mechanism, steps=step, coordinates=n,
                      ledger=ledger_info, checks=checks, notes=tuple(notes))
