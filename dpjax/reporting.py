@@ -234,6 +234,28 @@ def build_report(plan, ledger, sampler, final: dict[str, Any],
   return out
 
 
+def _exposure_line(item) -> str:
+  """One canary's exposure: the measured (rank among the scored texts) figure
+  with its sampled ceiling first; the full-space figure named an
+  extrapolation. Items without those fields are printed as they are."""
+  keys = ('repetitions', 'exposure_rank_bits', 'sampled_ceiling_bits',
+          'sampled_rank', 'sampled_candidates')
+  if not (isinstance(item, dict) and all(k in item for k in keys)):
+    return str(item)
+  line = (f"x{item['repetitions']}: {item['exposure_rank_bits']:.2f} of "
+          f"{item['sampled_ceiling_bits']:.2f} bits measured (rank "
+          f"{item['sampled_rank']:g} among {item['sampled_candidates']} "
+          'scored texts)')
+  if 'exposure_extrapolated_bits' in item:
+    line += (f"; extrapolated to |R| = {item.get('full_space_size', '?')}: "
+             f"{item['exposure_extrapolated_bits']:.2f} of "
+             f"{item.get('full_space_max_bits', float('nan')):.2f} bits")
+    if 'exposure_extrapolated_lower95_bits' in item:
+      line += (f" (95% lower bound "
+               f"{item['exposure_extrapolated_lower95_bits']:.2f})")
+  return line
+
+
 def format_text(report: dict[str, Any]) -> str:
   """The readable report (`privacy_report.txt`)."""
   m = report['mechanism']
@@ -270,7 +292,7 @@ def format_text(report: dict[str, Any]) -> str:
       label = (ev.get('canary_exposure_label', CANARY_LABEL)
                if k == 'canary_exposure' else 'empirical, not a guarantee')
       lines.append(f'  {k} ({label}):')
-      lines += [f'    {item}' for item in v]
+      lines += [f'    {_exposure_line(item)}' for item in v]
     else:
       lines.append(f'  {k}: {v}')
   tm = report.get('threat_model')

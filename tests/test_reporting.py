@@ -151,7 +151,18 @@ def test_canary_exposure_is_labelled_not_covered_by_epsilon():
           if l.strip().startswith('canary_exposure')]
   assert len(line) == 1 and 'empirical, NOT covered by epsilon' in line[0]
   assert 'canary_exposure_label' not in text
-  assert "'exposure_bits': 19.9" in text
+  assert "'exposure_bits': 19.9" in text  # bare items: printed as they are
+  sampled = [{'repetitions': 100, 'exposure_bits': 19.93,
+              'exposure_rank_bits': 10.97, 'sampled_ceiling_bits': 10.97,
+              'sampled_rank': 1, 'sampled_candidates': 2001,
+              'exposure_extrapolated_bits': 19.93, 'full_space_size': 10**6,
+              'full_space_max_bits': 19.93,
+              'exposure_extrapolated_lower95_bits': 9.38}]
+  text = reporting.format_text(_build(final={'eval_loss': 4.2,
+                                             'canary_exposure': sampled}))
+  assert ('x100: 10.97 of 10.97 bits measured (rank 1 among 2001 scored '
+          'texts); extrapolated to |R| = 1000000: 19.93 of 19.93 bits (95% '
+          'lower bound 9.38)') in text
   # No canaries, no label.
   assert 'canary_exposure_label' not in _build()['evaluation']
 
