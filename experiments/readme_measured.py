@@ -374,7 +374,7 @@ def _rgp_new(d: dict[str, Any], f: str) -> str:
       + _best(get(ft, f, 'dp_rgp_vs_best_nonprivate_full'), f,
               'fastest DP-RGP vs fastest non-private full')
       + f'. RGP freezes {num(d, f, "rgp_frozen_params") / 1e6:.1f}M '
-      f'parameters ({num(d, f, "rgp_frozen_embedding_params") / 1e6:.1f}M '
+      f'parameters ({num(d, f, "rgp_frozen_word_embedding_params") / 1e6:.1f}M '
       f'embeddings); at the same trainable set the carriers '
       f'{"save" if saving >= 0 else "add"} {abs(saving):.0%} of temporaries')
 
@@ -576,7 +576,8 @@ def row_mechanism_comparison(results: Results) -> list[Row]:
               f'{g3(mean(run, "epsilon_rows", "edgeworth"))}: its PLD bound '
               f'is **{sound}**')
     if run == 'lmo_sound':
-      below = ('gaussian_pld' in of
+      below = ('gaussian_pld' in of and len(accs(run)) > 1
+               and len(accs('gaussian_pld')) > 1
                and max(accs(run)) < min(accs('gaussian_pld')))
       return (f'LMO, sound ε {sound}'
               + ('; every seed below every Gaussian seed' if below else ''))
@@ -693,7 +694,8 @@ def row_mutation_report(results: Results) -> list[Row]:
   equivalent = count.get('survived', 0) - harmful
   other = ', '.join(f'{count[o]} {o}' for o in count
                     if o not in ('caught', 'survived'))
-  subset = ' (a subset: --only)' if d.get('only') else ''
+  subset = (' (a subset: --only)'
+            if d.get('only') and not d.get('merged_into_previous') else '')
   if d.get('complete') is False:
     subset += ' (incomplete run)'
   return [Row(
