@@ -599,7 +599,10 @@ def row_mechanism_comparison(results: Results) -> list[Row]:
       'seeds)',
       f'{mean(first, "accuracy_initial"):.3f} before → '
       + ', '.join(f'{mean(n, "accuracy"):.3f} ({label(n)}; {seeds(n)})'
-                  for n in names),
+                  for n in names)
+      + f'; the accuracy of one run on {num(d, f, "args", "eval_records"):.0f}'
+      f' held-out passages has a standard error of about '
+      f'{math.sqrt(0.25 / num(d, f, "args", "eval_records")):.3f}',
       (f, 'mechanism_comparison.md'))]
 
 
