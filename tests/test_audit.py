@@ -11,13 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import debug
 from dpjax import audit
 from dpjax import clipping
 from dpjax import steps as steps_lib
 from dpjax.audit import groups
 from dpjax.audit import neighbouring
 from dpjax.audit.__main__ import main as audit_main
+from tests.audit_helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-6
@@ -26,21 +26,6 @@ TOL = 1e-6
 FAST = dict(removals=3, additions=2)
 
 
-def tiny_config(**overrides):
-  """configs/debug.py, smaller and with a fixed sigma (no calibration)."""
-  config = debug.get_config()
-  config.model.num_layers = 1
-  config.data.update(max_train_records=128, max_eval_records=8,
-                     eval_batch_size=8)
-  config.train.update(batch_size=8, max_batch_size=16, microbatch_size=8)
-  config.dp.noise_multiplier = 1.0
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
 
 
 def run_replay(config, **kwargs):

@@ -10,13 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-from configs import debug
 from dpjax import adaptive_clipping
 from dpjax import lmo_noise
 from dpjax import noise as noise_lib
 from dpjax import optimizers
 from dpjax.audit import noise_probe
 from dpjax.audit.__main__ import main as audit_main
+from tests.audit_helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Pooled coordinates: the Gaussian scale's relative standard error is
@@ -27,21 +27,6 @@ LORA = {'peft.mode': 'lora', 'peft.lora_rank': 16,
         'peft.lora_targets': ALL_KERNELS}  # 8,192 coordinates a step
 
 
-def tiny_config(**overrides):
-  """configs/debug.py with one layer and a fixed sigma (no calibration)."""
-  config = debug.get_config()
-  config.model.num_layers = 1
-  config.data.update(max_train_records=128, max_eval_records=8,
-                     eval_batch_size=8)
-  config.train.update(batch_size=8, max_batch_size=16, microbatch_size=8)
-  config.dp.noise_multiplier = 1.0
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
 
 
 def probe(config):
