@@ -175,6 +175,25 @@ def path_name(config, num_devices: int) -> str:
   return '/'.join(parts)
 
 
+def placed_step(config, model, stages: optimizers.DPStages, plan,
+                clip_norm_fn, mesh, secret: randomness.SecretRandomness):
+  """(state, frozen, jitted step, dropout key) of `stages`, placed on `mesh`
+  as the trainer places them; the step is not donated (audits replay it)."""
+  state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32),
+                               trainable=model.trainable,
+                               opt_state=optimizers.chain(stages).init(
+                                   model.trainable))
+  rules = tuple(tuple(r) for r in config.sharding_rules)
+  state = jax.device_put(state, sharding.param_shardings(state, mesh, rules))
+  frozen = jax.device_put(model.frozen,
+                          sharding.param_shardings(model.frozen, mesh, rules))
+  step = jax.jit(run_setup.make_step(config, model, stages, plan,
+                                     clip_norm_fn, run_setup.rgp_key(config)))
+  dropout_key = jax.device_put(secret.dropout_key(),
+                               sharding.replicated(mesh))
+  return state, frozen, step, dropout_key
+
+
 def build_harness(config, *, seed: int | None = None) -> StepHarness:
   """Builds the trainer's step for `config` with the capture stage.
 
@@ -225,18 +244,8 @@ def build_harness(config, *, seed: int | None = None) -> StepHarness:
     notes.append('shuffle sampling is accounted at replace-one sensitivity '
                  '2C, which follows from add/remove C (triangle inequality)')
   cap = capture_stages(stages)
-  state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32),
-                               trainable=model.trainable,
-                               opt_state=optimizers.chain(cap).init(
-                                   model.trainable))
-  rules = tuple(tuple(r) for r in config.sharding_rules)
-  state = jax.device_put(state, sharding.param_shardings(state, mesh, rules))
-  frozen = jax.device_put(model.frozen,
-                          sharding.param_shardings(model.frozen, mesh, rules))
-  step = jax.jit(run_setup.make_step(config, model, cap, plan, clip_norm_fn,
-                                     run_setup.rgp_key(config)))
-  dropout_key = jax.device_put(secret.dropout_key(),
-                               sharding.replicated(mesh))
+  state, frozen, step, dropout_key = placed_step(config, model, cap, plan,
+                                                 clip_norm_fn, mesh, secret)
   return StepHarness(
       config=config, model=model, data=data, plan=plan, secret=secret,
       path=path_name(config, n_data), norm_ord=int(plan.clip_norm_ord),

@@ -61,12 +61,10 @@ from scipy import optimize
 
 from dpjax import configuration
 from dpjax import dp_adam_ac
-from dpjax import optimizers
 from dpjax import randomness
 from dpjax import rgp_step
 from dpjax import run_setup
 from dpjax import sharding
-from dpjax import steps as steps_lib
 from dpjax import train as train_lib
 from dpjax.audit import capture
 
@@ -315,20 +313,9 @@ def probe_config(config, *, seed: int | None = None,
   real_noise = stages.noise
   probe = stages._replace(noise=tap(real_noise), optimizer=pass_through(),
                           ema=optax.identity())
-  rules = tuple(tuple(r) for r in config.sharding_rules)
-  state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32),
-                               trainable=model.trainable,
-                               opt_state=optimizers.chain(probe).init(
-                                   model.trainable))
-  state = jax.device_put(state, sharding.param_shardings(state, mesh, rules))
-  frozen = jax.device_put(model.frozen,
-                          sharding.param_shardings(model.frozen, mesh, rules))
-  step_fn = jax.jit(run_setup.make_step(config, model, probe, plan,
-                                        clip_norm_fn,
-                                        run_setup.rgp_key(config)))
+  state, frozen, step_fn, dropout_key = capture.placed_step(
+      config, model, probe, plan, clip_norm_fn, mesh, secret)
   batch_sh = sharding.batch_sharding(mesh)
-  dropout_key = jax.device_put(secret.dropout_key(),
-                               sharding.replicated(mesh))
   sampler = train_lib.make_sampler(config, plan, secret.sampler_seed())
   state = _with_tap_shapes(step_fn, state, frozen, data,
                            int(config.train.max_batch_size), mesh, dropout_key)
