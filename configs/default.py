@@ -159,5 +159,7 @@ def get_config():
   # ---- Outputs ----
   config.export = ml_collections.ConfigDict()
   config.export.formats = ()           # hf | gguf (written with the EMA weights)
+  config.export.gguf_dtype = 'q8_0'    # f32 | f16 | q8_0: matrices in the GGUF (README: sizes, NLL)
+  config.export.name = ''              # general.name in the GGUF ('': '<model.path name> DP fine-tune')
   config.plot = True
   return config

@@ -195,6 +195,11 @@ def validate(config) -> None:
            '-1 (all remaining devices) or a positive integer')
   for fmt in _get(config, 'export.formats'):
     _check(fmt in ('hf', 'gguf'), 'export.formats', fmt, "'hf' or 'gguf'")
+  v = _get(config, 'export.gguf_dtype')
+  _check(v in ('f32', 'f16', 'q8_0'), 'export.gguf_dtype', v,
+         "'f32', 'f16' or 'q8_0'")
+  v = _get(config, 'export.name')
+  _check(isinstance(v, str), 'export.name', v, 'a string')
 
 
 def _validate_lmo(config) -> None:

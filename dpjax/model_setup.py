@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any, Callable
 
 from absl import logging
@@ -114,18 +115,30 @@ def resolve_path(path: str) -> str:
   return path
 
 
+_LOADABLE = {
+    'hf': 'a local Hugging Face model folder dpjax can read (config.json, '
+          'finite *.safetensors weights, optional tokenizer.json)',
+    'gguf': 'a readable llama or qwen2 .gguf file with finite weights',
+}
+
+
 def _pretrained(config):
   init, path = config.model.init, resolve_path(config.model.path)
   if not os.path.exists(path):
     raise ConfigError('model.path', f'{path!r} does not exist (only local '
                       'files and folders work: dpjax never downloads)',
                       'a local Hugging Face folder or .gguf file')
-  if init == 'hf':
-    from dpjax.models import hf_io  # pylint: disable=g-import-not-at-top
-    family, model_cfg, params, tok = hf_io.load_hf_folder(path)
-  else:
-    from dpjax.models import gguf_io  # pylint: disable=g-import-not-at-top
-    family, model_cfg, params, tok = gguf_io.load_gguf(path)
+  try:
+    if init == 'hf':
+      from dpjax.models import hf_io  # pylint: disable=g-import-not-at-top
+      family, model_cfg, params, tok = hf_io.load_hf_folder(path)
+    else:
+      from dpjax.models import gguf_io  # pylint: disable=g-import-not-at-top
+      family, model_cfg, params, tok = gguf_io.load_gguf(path)
+  except ValueError as e:
+    # The loaders name the file and what is wrong: one line for the user.
+    problem = ' '.join(str(e).split()).rstrip('.')
+    raise ConfigError('model.path', problem, _LOADABLE[init]) from e
   try:
     overrides = models.dropout_fields(family, config.model.dropout_rate)
   except ValueError as e:
@@ -294,4 +307,26 @@ def export(config, model: Model, trainable, frozen, workdir: str) -> None:
     elif fmt == 'gguf':
       from dpjax.models import gguf_io  # pylint: disable=g-import-not-at-top
       gguf_io.save_gguf(os.path.join(workdir, 'export', 'model.gguf'),
-                        model.family, model.config, params, model.tokenizer)
+                        model.family, model.config, params, model.tokenizer,
+                        dtype=config.export.gguf_dtype,
+                        **_gguf_names(config, model))
+
+
+def _gguf_names(config, model: Model) -> dict[str, Any]:
+  """`general.name` and the other `general.*` keys of the GGUF export."""
+  source = ''
+  if config.model.init != 'random':
+    source = config.model.path
+    if source.startswith('package:'):
+      source = source[len('package:'):]
+    source = os.path.basename(os.path.normpath(source))
+    source = re.sub(r'\.gguf$', '', source)
+  base = source or f'{model.family}-random-init'
+  return dict(
+      name=config.export.name or f'{base} DP fine-tune',
+      general={'basename': base, 'finetune': 'dp',
+               'base_model': source or None,
+               'description': (f'{base} fine-tuned with differential privacy '
+                               f'by dpjax; the privacy guarantee is stated in '
+                               f"the run's privacy_report"),
+               'tags': ['dpjax', 'differential-privacy']})

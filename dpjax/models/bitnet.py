@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpjax.models import layers
+from dpjax.models import rope as rope_lib
 
 _QUANTIZATIONS = ('online', 'none')
 _WEIGHT_FORMATS = ('float', 'packed')
@@ -270,15 +271,14 @@ def from_hf_config(config_json: dict) -> BitNetConfig:
   fields = {k: config_json[k] for k in _HF_FIELDS if k in config_json}
   if isinstance(fields.get('eos_token_id'), list):
     fields['eos_token_id'] = fields['eos_token_id'][0]
-  rope = config_json.get('rope_parameters') or config_json.get(
-      'rope_scaling') or {}
-  rope_type = rope.get('rope_type', rope.get('type', 'default'))
-  if rope_type != 'default':
-    raise ValueError("config_json rope type must be 'default', got "
-                     f'{rope_type!r}.')
-  theta = rope.get('rope_theta', config_json.get('rope_theta'))
-  if theta is not None:
-    fields['rope_theta'] = float(theta)
+  theta, scaling = rope_lib.from_hf_config(config_json)
+  if scaling is not None:
+    raise ValueError(f'config.json: a {scaling.rope_type!r} RoPE is not '
+                     f"supported for bitnet; only 'default' (BitNet b1.58 "
+                     f'uses plain RoPE)')
+  if any(k in config_json for k in ('rope_theta', 'rope_parameters',
+                                    'rope_scaling')):
+    fields['rope_theta'] = theta
   quant = config_json.get('quantization_config')
   if not quant:
     fields.update(quantization='none', weight_format='float')

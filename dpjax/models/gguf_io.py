@@ -26,11 +26,14 @@ import numpy as np
 import tokenizers
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors
 
+from dpjax.models import checks
 from dpjax.models import family_module
+from dpjax.models import rope as rope_lib
 from dpjax.models.tokenizer import HFTokenizer
 
 ARCHITECTURES = ('llama', 'qwen2')
 
+_ROPE_FREQS = 'rope_freqs'
 # GGUF per-block tensor name -> HF name (without `model.layers.{i}.`).
 _BLOCK = {
     'attn_norm': 'input_layernorm',
@@ -47,6 +50,8 @@ _GLOBAL = {
     'token_embd.weight': 'model.embed_tokens.weight',
     'output_norm.weight': 'model.norm.weight',
     'output.weight': 'lm_head.weight',
+    # llama.cpp's per-frequency RoPE divisors (Llama 3.1 style scaling).
+    'rope_freqs.weight': _ROPE_FREQS,
 }
 
 # llama.cpp pre-tokenizer names -> split regex (byte-level BPE).
@@ -60,9 +65,18 @@ _SPLITS = {'llama-bpe': _LLAMA3_SPLIT, 'llama3': _LLAMA3_SPLIT,
 _DIGIT_THEN_GPT2 = ('smollm', 'starcoder', 'refact', 'command-r', 'codeshell',
                     'exaone', 'minerva')
 _CONTROL, _USER_DEFINED, _UNUSED, _NORMAL = 3, 4, 5, 1
-_FILE_TYPES = {'float32': gguf.LlamaFileType.ALL_F32,
-               'float16': gguf.LlamaFileType.MOSTLY_F16,
+# Export dtypes (`config.export.gguf_dtype`); the default is chosen by the
+# measured held-out NLL of each (experiments/results/export_dtypes.md).
+DTYPES = ('f32', 'f16', 'q8_0')
+DEFAULT_DTYPE = 'q8_0'
+_DTYPE_ALIASES = {'float32': 'f32', 'float16': 'f16'}
+_FILE_TYPES = {'f32': gguf.LlamaFileType.ALL_F32,
+               'f16': gguf.LlamaFileType.MOSTLY_F16,
                'q8_0': gguf.LlamaFileType.MOSTLY_Q8_0}
+# `general.*` keys save_gguf accepts -> GGUFWriter method.
+_GENERAL = {'basename': 'add_basename', 'finetune': 'add_finetune',
+            'description': 'add_description', 'license': 'add_license',
+            'base_model': None, 'tags': None}
 
 
 def _hf_name(gguf_name: str) -> str | None:
@@ -95,6 +109,14 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
   """llama.cpp -> HF row order of a Q/K weight or bias (llama arch)."""
   return (w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
           .swapaxes(1, 2).reshape(w.shape))
+
+
+def _reason(e: Exception) -> str:
+  """A short one-line reason for a low-level read error."""
+  text = ' '.join(str(e).split())
+  if len(text) > 160:
+    text = text[:157] + '...'
+  return f'{type(e).__name__}: {text}' if text else type(e).__name__
 
 
 def _field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
@@ -169,7 +191,8 @@ def tokenizer_from_gguf(reader: gguf.GGUFReader) -> HFTokenizer | None:
   return HFTokenizer(tok, eos_token=None if eos is None else int(eos),
                      pad_token=None if pad is None else int(pad),
                      bos_token=None if bos is None else int(bos),
-                     add_special_tokens=add_bos)
+                     add_special_tokens=add_bos,
+                     chat_template=_field(reader, 'tokenizer.chat_template'))
 
 
 def _pre_name(pre_json: Any) -> str:
@@ -219,6 +242,70 @@ def _tokenizer_metadata(tokenizer: HFTokenizer, vocab_size: int) -> dict:
 # Model.
 
 
+def _rope_from_gguf(reader, arch: str, path: str, freq_factors,
+                    context: int) -> rope_lib.RopeScaling | None:
+  """The RoPE scaling a GGUF file describes, or a clear refusal.
+
+  llama.cpp applies `theta = pos * freq_scale * base^(-2i/d) / ff[i]`: a
+  'linear' type sets `freq_scale = 1 / factor`, a `rope_freqs` tensor
+  (Llama 3.1's converter output) sets the divisors `ff`, which is exactly
+  `transformers`' LongRoPE with equal short and long factors and no
+  attention scaling.
+  """
+  kind = _field(reader, f'{arch}.rope.scaling.type')
+  kind = None if kind in (None, 'none') else kind
+  attn = _field(reader, f'{arch}.rope.scaling.attn_factor')
+  if attn is not None and float(attn) != 1.0:
+    raise ValueError(f'{path}: GGUF rope.scaling.attn_factor={attn} is not '
+                     f'supported; dpjax reads plain, linear and rope_freqs '
+                     f'RoPE from GGUF (load the Hugging Face folder for '
+                     f'other scalings)')
+  if kind is not None and freq_factors is not None:
+    raise ValueError(f'{path}: GGUF has both rope.scaling.type={kind!r} and '
+                     f'a rope_freqs tensor; dpjax reads one or the other')
+  if kind == 'linear':
+    factor = float(_field(reader, f'{arch}.rope.scaling.factor', 1.0))
+    return rope_lib.RopeScaling('linear', factor=factor)
+  if kind is not None:
+    raise ValueError(f'{path}: GGUF rope.scaling.type={kind!r} is not '
+                     f"supported; dpjax reads 'none' and 'linear' (and a "
+                     f'rope_freqs tensor) from GGUF; load the Hugging Face '
+                     f'folder for {kind!r}')
+  if freq_factors is None:
+    return None
+  ff = tuple(float(v) for v in np.asarray(freq_factors).reshape(-1))
+  return rope_lib.RopeScaling(
+      'longrope', short_factor=ff, long_factor=ff, attention_factor=1.0,
+      original_max_position_embeddings=context,
+      max_position_embeddings=context)
+
+
+def _rope_to_gguf(config, family: str):
+  """`(metadata, rope_freqs or None)` for `config.rope_scaling`.
+
+  Raises:
+    ValueError: a scaling llama.cpp cannot express for this architecture.
+  """
+  s = config.rope_scaling
+  if s is None:
+    return {}, None
+  if s.rope_type == 'linear':
+    return {'type': gguf.RopeScalingType.LINEAR, 'factor': s.factor}, None
+  short, long, attention = rope_lib.inv_freqs(s, config.rope_theta,
+                                              config.head_dim)
+  exact = (s.rope_type == 'llama3' or
+           (s.rope_type == 'longrope' and attention == 1.0 and
+            np.array_equal(short, long)))
+  if family == 'llama' and exact:
+    base, _, _ = rope_lib.inv_freqs(None, config.rope_theta, config.head_dim)
+    return {}, (base / short).astype(np.float32)
+  raise ValueError(
+      f'export.formats: GGUF cannot carry this model\'s {s.rope_type!r} RoPE '
+      f'for architecture {family!r} (dpjax writes plain, linear, and for '
+      f'llama also llama3 RoPE to GGUF); export \'hf\' and convert that '
+      f'folder with llama.cpp\'s convert_hf_to_gguf.py')
+
+
 def load_gguf(path: str) -> tuple[str, Any, Any, HFTokenizer | None]:
   """Loads a GGUF file of a Llama / Qwen2 model.
 
@@ -230,35 +317,47 @@ def load_gguf(path: str) -> tuple[str, Any, Any, HFTokenizer | None]:
     `HFTokenizer` (None when the file has no vocabulary).
 
   Raises:
-    ValueError: a missing file, an unsupported architecture or tokenizer, or
-      tensors that do not match the metadata.
+    ValueError: a missing file, a file that is not readable GGUF (truncated,
+      corrupt), an unsupported architecture or tokenizer, tensors that do not
+      match the metadata or hold NaN/inf. The message names the file.
   """
   if not os.path.isfile(path):
     raise ValueError(f'path: no GGUF file at {path!r}')
-  reader = gguf.GGUFReader(path)
+  try:
+    reader = gguf.GGUFReader(path)
+  except Exception as e:  # pylint: disable=broad-except
+    # gguf raises ValueError, struct/numpy errors, ... on a damaged file.
+    raise ValueError(f'{path}: not a readable GGUF file ({_reason(e)}); the '
+                     f'file may be truncated or corrupt') from e
   arch = _field(reader, 'general.architecture')
   if arch not in ARCHITECTURES:
-    raise ValueError(f'GGUF general.architecture={arch!r} is not supported; '
-                     f'dpjax reads {ARCHITECTURES}')
-  if _field(reader, f'{arch}.rope.scaling.type') not in (None, 'none'):
-    raise ValueError('GGUF rope scaling is not supported')
+    raise ValueError(f'{path}: GGUF general.architecture={arch!r} is not '
+                     f'supported; dpjax reads {", ".join(ARCHITECTURES)}')
   raw = {}
   unknown = []
-  for t in reader.tensors:
-    name = _hf_name(t.name)
-    if name is None:
-      unknown.append(t.name)
-      continue
-    arr = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type),
-                     dtype=np.float32)
-    raw[name] = arr.reshape(tuple(int(d) for d in reversed(t.shape)))
+  current = None
+  try:
+    for t in reader.tensors:
+      current = t.name
+      name = _hf_name(t.name)
+      if name is None:
+        unknown.append(t.name)
+        continue
+      arr = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type),
+                       dtype=np.float32)
+      raw[name] = arr.reshape(tuple(int(d) for d in reversed(t.shape)))
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'{path}: not a readable GGUF file (tensor {current}: '
+                     f'{_reason(e)}); the file may be truncated or '
+                     f'corrupt') from e
   if unknown:
-    raise ValueError(f'GGUF tensors not understood by dpjax: {unknown}')
+    raise ValueError(f'{path}: GGUF tensors not understood by dpjax: '
+                     f'{unknown}')
 
   def need(key):
     value = _field(reader, f'{arch}.{key}')
     if value is None:
-      raise ValueError(f'GGUF metadata lacks {arch}.{key}')
+      raise ValueError(f'{path}: GGUF metadata lacks {arch}.{key}')
     return value
 
   hidden = int(need('embedding_length'))
@@ -289,6 +388,9 @@ def load_gguf(path: str) -> tuple[str, Any, Any, HFTokenizer | None]:
       max_position_embeddings=int(_field(reader, f'{arch}.context_length',
                                          2048)),
   )
+  fields['rope_scaling'] = _rope_from_gguf(
+      reader, arch, path, raw.pop(_ROPE_FREQS, None),
+      fields['max_position_embeddings'])
   module = family_module(arch)
   config = module.LlamaConfig(**fields)
   if arch == 'llama':
@@ -297,37 +399,74 @@ def load_gguf(path: str) -> tuple[str, Any, Any, HFTokenizer | None]:
         raw[name] = _unpermute(raw[name], heads)
       elif '.self_attn.k_proj.' in name:
         raw[name] = _unpermute(raw[name], kv_heads)
-  params = module.params_from_hf(raw, config)
+  checks.check_finite(raw, path)
+  try:
+    params = module.params_from_hf(raw, config)
+  except ValueError as e:
+    raise ValueError(f'{path}: the tensors do not match the GGUF metadata: '
+                     f'{e}') from e
   return arch, config, params, tokenizer_from_gguf(reader)
 
 
 def save_gguf(path: str, family: str, config: Any, params: Any,
               tokenizer: HFTokenizer | None = None, *,
-              dtype: str = 'float32', name: str | None = None) -> None:
+              dtype: str = DEFAULT_DTYPE, name: str | None = None,
+              general: dict[str, Any] | None = None) -> None:
   """Writes a GGUF file in llama.cpp's layout.
 
   Args:
-    path: output `.gguf` file.
+    path: output `.gguf` file (readable by all, like the other outputs).
     family: 'llama' or 'qwen2' (the GGUF architecture).
     config: the `LlamaConfig`.
     params: the Flax parameter tree.
-    tokenizer: an `HFTokenizer` with a byte-level BPE model, optional.
-    dtype: 'float32', 'float16' or 'q8_0' for matrices (vectors stay
-      float32, as llama.cpp writes them; a matrix whose rows are not a
-      multiple of 32 long stays float16 under 'q8_0').
-    name: `general.name`, optional.
+    tokenizer: an `HFTokenizer` with a byte-level BPE model, optional; its
+      chat template becomes `tokenizer.chat_template`.
+    dtype: 'f32', 'f16' or 'q8_0' (or 'float32', 'float16') for matrices.
+      Vectors (norms, biases, rope_freqs) stay float32, as llama.cpp writes
+      them; under 'q8_0' a matrix whose rows are not a multiple of 32 long
+      is written float16.
+    name: `general.name`; default 'dpjax <family> model'.
+    general: more `general.*` keys of the GGUF spec, by suffix: 'basename',
+      'finetune', 'description', 'license', 'base_model' (a name), 'tags'
+      (a list of str); `general.type`, `general.size_label`,
+      `general.quantized_by` and `general.quantization_version` are always
+      written.
+
+  Raises:
+    ValueError: an unknown dtype or family, or a RoPE scaling llama.cpp
+      cannot express for this architecture.
   """
   if family not in ARCHITECTURES:
     raise ValueError(f'family must be one of {ARCHITECTURES} for GGUF, got '
                      f'{family!r}')
-  if dtype not in _FILE_TYPES:
-    raise ValueError(f'dtype must be one of {sorted(_FILE_TYPES)}, got '
-                     f'{dtype!r}')
+  file_type = _FILE_TYPES.get(_DTYPE_ALIASES.get(dtype, dtype))
+  if file_type is None:
+    raise ValueError(f'dtype must be one of {list(DTYPES)}, got {dtype!r}')
+  dtype = _DTYPE_ALIASES.get(dtype, dtype)
+  general = dict(general or {})
+  unknown = sorted(set(general) - set(_GENERAL))
+  if unknown:
+    raise ValueError(f'general: unknown key(s) {unknown}; valid: '
+                     f'{sorted(_GENERAL)}')
+  rope_meta, rope_freqs = _rope_to_gguf(config, family)
   module = family_module(family)
   tensors = module.params_to_hf(params, config)
+  n_params = sum(int(np.prod(np.shape(v))) for v in tensors.values())
   w = gguf.GGUFWriter(os.fspath(path), family)
-  if name:
-    w.add_name(name)
+  w.add_type(gguf.GGUFType.MODEL)
+  w.add_name(name or f'dpjax {family} model')
+  w.add_size_label(gguf.size_label(n_params, 0, 0, 0))
+  w.add_quantized_by('dpjax')
+  for key, value in general.items():
+    if value in (None, '', [], ()):
+      continue
+    if key == 'base_model':
+      w.add_base_model_count(1)
+      w.add_base_model_name(0, str(value))
+    elif key == 'tags':
+      w.add_tags([str(t) for t in value])
+    else:
+      getattr(w, _GENERAL[key])(str(value))
   w.add_context_length(config.max_position_embeddings)
   w.add_embedding_length(config.hidden_size)
   w.add_block_count(config.num_layers)
@@ -335,13 +474,17 @@ def save_gguf(path: str, family: str, config: Any, params: Any,
   w.add_head_count(config.num_heads)
   w.add_head_count_kv(config.num_kv_heads)
   w.add_rope_freq_base(float(config.rope_theta))
+  if rope_meta:
+    w.add_rope_scaling_type(rope_meta['type'])
+    w.add_rope_scaling_factor(float(rope_meta['factor']))
   w.add_layer_norm_rms_eps(float(config.rms_norm_eps))
   w.add_rope_dimension_count(config.head_dim)
   if config.head_dim * config.num_heads != config.hidden_size:
     w.add_key_length(config.head_dim)
     w.add_value_length(config.head_dim)
   w.add_vocab_size(config.vocab_size)
-  w.add_file_type(_FILE_TYPES[dtype])
+  w.add_file_type(file_type)
+  w.add_quantization_version(gguf.GGML_QUANT_VERSION)
   if tokenizer is not None:
     meta = _tokenizer_metadata(tokenizer, config.vocab_size)
     w.add_tokenizer_model('gpt2')
@@ -355,21 +498,26 @@ def save_gguf(path: str, family: str, config: Any, params: Any,
       w.add_bos_token_id(tokenizer.bos_id)
     w.add_add_bos_token(bool(tokenizer.add_special_tokens and
                              tokenizer.bos_id is not None))
+    if getattr(tokenizer, 'chat_template', None):
+      w.add_chat_template(tokenizer.chat_template)
+  if rope_freqs is not None:
+    w.add_tensor('rope_freqs.weight', rope_freqs)
   for hf_name, arr in tensors.items():
     arr = np.asarray(arr, dtype=np.float32)
     if family == 'llama' and '.self_attn.q_proj.' in hf_name:
       arr = _permute(arr, config.num_heads)
     elif family == 'llama' and '.self_attn.k_proj.' in hf_name:
       arr = _permute(arr, config.num_kv_heads)
-    name = _gguf_name(hf_name)
+    tensor_name = _gguf_name(hf_name)
     if arr.ndim > 1 and dtype == 'q8_0' and arr.shape[-1] % 32 == 0:
       q8 = gguf.GGMLQuantizationType.Q8_0
-      w.add_tensor(name, gguf.quants.quantize(arr, q8), raw_dtype=q8)
+      w.add_tensor(tensor_name, gguf.quants.quantize(arr, q8), raw_dtype=q8)
       continue
-    if arr.ndim > 1 and dtype != 'float32':
+    if arr.ndim > 1 and dtype != 'f32':
       arr = arr.astype(np.float16)
-    w.add_tensor(name, np.ascontiguousarray(arr))
+    w.add_tensor(tensor_name, np.ascontiguousarray(arr))
   w.write_header_to_file()
   w.write_kv_data_to_file()
   w.write_tensors_to_file()
   w.close()
+  checks.make_readable(path)

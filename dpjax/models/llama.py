@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dpjax.models import rope as rope_lib
+
 FAMILIES = ('llama', 'qwen2')
 # The fields that carry `config.model.dropout_rate` (see
 # `dpjax.models.dropout_fields`): residual-branch dropout.
@@ -48,6 +50,9 @@ class LlamaConfig:
       `num_heads` (plain multi-head attention).
     head_dim: per-head width; None means `hidden_size // num_heads`.
     rope_theta: base of the rotary frequencies.
+    rope_scaling: a `dpjax.models.rope.RopeScaling` (linear, llama3, yarn,
+      longrope, dynamic) or None for plain RoPE; a dict of its fields is
+      accepted (what `dataclasses.asdict` gives).
     rms_norm_eps: epsilon of every RMSNorm.
     qkv_bias: biases on q/k/v projections; None means the family default
       (True for qwen2, False for llama).
@@ -72,6 +77,7 @@ class LlamaConfig:
   num_kv_heads: int | None = None
   head_dim: int | None = None
   rope_theta: float = 10000.0
+  rope_scaling: rope_lib.RopeScaling | None = None
   rms_norm_eps: float = 1e-5
   qkv_bias: bool | None = None
   o_bias: bool = False
@@ -106,6 +112,9 @@ class LlamaConfig:
                        f'{self.head_dim}')
     if self.qkv_bias is None:
       object.__setattr__(self, 'qkv_bias', self.family == 'qwen2')
+    object.__setattr__(self, 'rope_scaling',
+                       rope_lib.scaling_from_fields(self.rope_scaling))
+    rope_lib.inv_freqs(self.rope_scaling, self.rope_theta, self.head_dim)
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f'dropout_rate must be in [0, 1), got '
                        f'{self.dropout_rate}')
@@ -152,13 +161,10 @@ class RMSNorm(nn.Module):
     return scale.astype(self.dtype) * xf.astype(self.dtype)
 
 
-def rope_cos_sin(positions, head_dim: int, theta: float):
+def rope_cos_sin(positions, head_dim: int, theta: float,
+                 scaling: rope_lib.RopeScaling | None = None):
   """cos/sin tables `[..., T, head_dim]` for integer `positions[..., T]`."""
-  inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32)
-                              / head_dim))
-  freqs = positions.astype(jnp.float32)[..., None] * inv_freq
-  emb = jnp.concatenate([freqs, freqs], axis=-1)
-  return jnp.cos(emb), jnp.sin(emb)
+  return rope_lib.cos_sin(positions, head_dim, theta, scaling)
 
 
 def _rotate_half(x):
@@ -260,7 +266,8 @@ class LlamaForCausalLM(nn.Module):
       # A query with no visible key (left padding) may see itself: avoids NaN.
       allowed = allowed | (jnp.eye(t, dtype=bool)[None] & ~mask[:, :, None])
     bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min / 2)
-    cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
+    cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta,
+                            cfg.rope_scaling)
 
     embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt,
                      param_dtype=pdt,
@@ -288,8 +295,9 @@ def from_hf_config(config_json: Mapping[str, Any]) -> LlamaConfig:
   """Builds a `LlamaConfig` from a Hugging Face `config.json` dict.
 
   Raises:
-    ValueError: an unsupported model type or feature (rope scaling, MLP bias,
-      an activation other than SiLU).
+    ValueError: an unsupported model type or feature (a RoPE that
+      `dpjax.models.rope` cannot reproduce, MLP bias, an activation other
+      than SiLU).
   """
   c = dict(config_json)
   family = c.get('model_type', 'llama')
@@ -300,12 +308,7 @@ def from_hf_config(config_json: Mapping[str, Any]) -> LlamaConfig:
   if act not in ('silu', 'swish'):
     raise ValueError(f'config.json hidden_act={act!r} is not supported; only '
                      f'"silu"')
-  if c.get('rope_scaling'):
-    rs = c['rope_scaling']
-    kind = rs.get('rope_type', rs.get('type')) if isinstance(rs, dict) else rs
-    if kind not in (None, 'default'):
-      raise ValueError(f'config.json rope_scaling={rs!r} is not supported; '
-                       f'only plain RoPE (rope_scaling null)')
+  rope_theta, rope_scaling = rope_lib.from_hf_config(c)
   if c.get('mlp_bias'):
     raise ValueError('config.json mlp_bias=true is not supported')
   if c.get('use_sliding_window'):
@@ -315,9 +318,6 @@ def from_hf_config(config_json: Mapping[str, Any]) -> LlamaConfig:
     qkv_bias, o_bias = True, False
   else:
     qkv_bias = o_bias = bool(c.get('attention_bias', False))
-  rope_theta = c.get('rope_theta')
-  if rope_theta is None:
-    rope_theta = (c.get('rope_parameters') or {}).get('rope_theta', 10000.0)
   return LlamaConfig(
       family=family,
       vocab_size=int(c['vocab_size']),
@@ -328,7 +328,8 @@ def from_hf_config(config_json: Mapping[str, Any]) -> LlamaConfig:
       num_kv_heads=int(c.get('num_key_value_heads') or
                        c['num_attention_heads']),
       head_dim=c.get('head_dim'),
-      rope_theta=float(rope_theta),
+      rope_theta=rope_theta,
+      rope_scaling=rope_scaling,
       rms_norm_eps=float(c.get('rms_norm_eps', 1e-6)),
       qkv_bias=qkv_bias,
       o_bias=o_bias,
@@ -358,12 +359,17 @@ def to_hf_config(config: LlamaConfig) -> dict[str, Any]:
       'hidden_act': 'silu',
       'rope_theta': config.rope_theta,
       'rope_scaling': None,
+      'rope_parameters': {'rope_type': 'default',
+                          'rope_theta': config.rope_theta},
       'rms_norm_eps': config.rms_norm_eps,
       'tie_word_embeddings': config.tie_embeddings,
       'max_position_embeddings': config.max_position_embeddings,
       'attention_dropout': 0.0,
       'torch_dtype': 'float32',
   }
+  if config.rope_scaling is not None:
+    out['rope_parameters'] = config.rope_scaling.to_hf(config.rope_theta)
+    out['rope_scaling'] = dict(out['rope_parameters'])
   if config.family == 'llama':
     out['attention_bias'] = bool(config.qkv_bias)
     out['mlp_bias'] = False

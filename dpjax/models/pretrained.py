@@ -78,8 +78,12 @@ def load(source: str, *, dtype: str | None = None):
   return family, config, params, tokenizer
 
 
-def save(path: str, fmt: str, family: str, config, params, tokenizer=None):
-  """Writes a model as `fmt` ('hf': a folder, 'gguf': a float32 file)."""
+def save(path: str, fmt: str, family: str, config, params, tokenizer=None,
+         **gguf_options):
+  """Writes a model as `fmt` ('hf': a folder, 'gguf': a file).
+
+  `gguf_options` (dtype, name, general) go to `gguf_io.save_gguf`.
+  """
   # pylint: disable=g-import-not-at-top
   from dpjax.models import gguf_io
   from dpjax.models import hf_io
@@ -87,6 +91,6 @@ def save(path: str, fmt: str, family: str, config, params, tokenizer=None):
   if fmt == 'hf':
     hf_io.save_hf_folder(path, family, config, params, tokenizer)
   elif fmt == 'gguf':
-    gguf_io.save_gguf(path, family, config, params, tokenizer)
+    gguf_io.save_gguf(path, family, config, params, tokenizer, **gguf_options)
   else:
     raise ValueError(f'fmt must be "hf" or "gguf", got {fmt!r}')

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import tokenizers
 
+from dpjax.models import checks
+
 # Names an end-of-sequence token goes by, tried in order when none is given.
 _EOS_CANDIDATES = ('<|endoftext|>', '</s>', '<|end_of_text|>', '<eos>',
                    '<|im_end|>', '[SEP]')
@@ -24,6 +26,22 @@ def _token_content(token: Any) -> str | None:
   if isinstance(token, dict):
     return token.get('content')
   return token
+
+
+def _chat_template(folder: str, tconf: dict[str, Any]) -> str | None:
+  """The folder's default chat template: `chat_template.jinja` (what
+  `transformers` >= 4.43 writes) or `tokenizer_config.json`'s entry (a
+  string, or a list of `{name, template}` where 'default' is used)."""
+  path = os.path.join(folder, 'chat_template.jinja')
+  if os.path.isfile(path):
+    with open(path, encoding='utf-8') as f:
+      return f.read()
+  value = tconf.get('chat_template')
+  if isinstance(value, list):
+    named = {t.get('name'): t.get('template') for t in value
+             if isinstance(t, dict)}
+    value = named.get('default')
+  return value if isinstance(value, str) and value else None
 
 
 class HFTokenizer:
@@ -37,13 +55,18 @@ class HFTokenizer:
     bos_id: beginning-of-sequence id, or None.
     add_special_tokens: whether `encode` runs the tokenizer's post-processor
       (e.g. prepends BOS for Llama-3 style tokenizers).
+    chat_template: the Jinja chat template (Instruct models), or None; the
+      exports carry it (`tokenizer_config.json`, GGUF
+      `tokenizer.chat_template`) so that chat front ends format prompts as
+      the model was trained.
   """
 
   def __init__(self, tokenizer: tokenizers.Tokenizer, *,
                eos_token: str | int | None = None,
                pad_token: str | int | None = None,
                bos_token: str | int | None = None,
-               add_special_tokens: bool = False):
+               add_special_tokens: bool = False,
+               chat_template: str | None = None):
     """Wraps `tokenizer`.
 
     Args:
@@ -53,6 +76,7 @@ class HFTokenizer:
       pad_token: the pad token (string or id); default: the eos token.
       bos_token: the bos token (string or id), optional.
       add_special_tokens: passed to `tokenizer.encode`.
+      chat_template: the Jinja chat template, optional.
 
     Raises:
       ValueError: a named token is not in the vocabulary, or no eos token
@@ -69,6 +93,10 @@ class HFTokenizer:
     tokenizer.no_truncation()
     self.tokenizer = tokenizer
     self.add_special_tokens = bool(add_special_tokens)
+    if chat_template is not None and not isinstance(chat_template, str):
+      raise ValueError(f'chat_template must be a str, got '
+                       f'{type(chat_template).__name__}')
+    self.chat_template = chat_template or None
     self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     if eos_token is None:
       vocab = tokenizer.get_vocab(with_added_tokens=True)
@@ -117,6 +145,8 @@ class HFTokenizer:
     }
     if self.bos_id is not None:
       config['bos_token'] = self.tokenizer.id_to_token(self.bos_id)
+    if self.chat_template is not None:
+      config['chat_template'] = self.chat_template
     with open(os.path.join(folder, 'tokenizer_config.json'), 'w') as f:
       json.dump(config, f, indent=2)
 
@@ -132,17 +162,26 @@ class HFTokenizer:
 
     Raises:
       FileNotFoundError: no `tokenizer.json` in `folder`.
+      ValueError: `tokenizer.json` or `tokenizer_config.json` cannot be
+        parsed, or names special tokens the vocabulary lacks (the message
+        names the file).
     """
     path = os.path.join(folder, 'tokenizer.json')
     if not os.path.isfile(path):
       raise FileNotFoundError(f'no tokenizer.json in {folder!r}')
-    tok = tokenizers.Tokenizer.from_file(path)
+    try:
+      tok = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # pylint: disable=broad-except
+      # tokenizers raises a bare Exception for unparsable files.
+      raise ValueError(f'{path}: not a readable tokenizers file ({e}); the '
+                       f'file may be truncated or corrupt') from e
     tconf: dict[str, Any] = {}
     tconf_path = os.path.join(folder, 'tokenizer_config.json')
     if os.path.isfile(tconf_path):
-      with open(tconf_path) as f:
-        tconf = json.load(f)
+      tconf = checks.read_json_object(tconf_path)
     config_json = config_json or {}
+
+    chat_template = _chat_template(folder, tconf)
 
     def pick(name):
       token = _token_content(tconf.get(name + '_token'))
@@ -153,8 +192,13 @@ class HFTokenizer:
         token_id = token_id[0] if token_id else None
       return token_id
 
-    return cls(tok, eos_token=pick('eos'), pad_token=pick('pad'),
-               bos_token=pick('bos'), add_special_tokens=True)
+    try:
+      return cls(tok, eos_token=pick('eos'), pad_token=pick('pad'),
+                 bos_token=pick('bos'), add_special_tokens=True,
+                 chat_template=chat_template)
+    except ValueError as e:
+      source = tconf_path if os.path.isfile(tconf_path) else path
+      raise ValueError(f'{source}: {e}') from e
 
   def __repr__(self) -> str:
     return (f'HFTokenizer(vocab_size={self.vocab_size}, eos_id={self.eos_id}, '

@@ -89,7 +89,7 @@ def test_transformers_reads_our_llama_gguf(tmp_path):
   config = llama.LlamaConfig(family='llama', **TINY)
   module, params = _random_params(config)
   gguf_io.save_gguf(str(tmp_path / 'm.gguf'), 'llama', config, params,
-                    _tiny_tokenizer())
+                    _tiny_tokenizer(), dtype='f32')
   model = transformers.AutoModelForCausalLM.from_pretrained(
       str(tmp_path), gguf_file='m.gguf', dtype=torch.float32).eval()
   tokens = np.random.default_rng(0).integers(0, 64, (2, 8))

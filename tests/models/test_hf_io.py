@@ -117,5 +117,5 @@ def test_errors(tmp_path):
     cfg = json.load(f)
   with open(tmp_path / 'config.json', 'w') as f:
     json.dump(dict(cfg, model_type='mamba'), f)
-  with pytest.raises(ValueError, match='model.family'):
+  with pytest.raises(ValueError, match="model_type 'mamba' is not supported"):
     hf_io.load_hf_folder(str(tmp_path))
