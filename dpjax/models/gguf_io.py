@@ -140,7 +140,7 @@ def _pre_tokenizer(pre: str | None):
     return pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(_SPLITS[pre]), behavior='isolated'),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-  if pre not in (None, 'gpt2', 'default'):
+  if pre not in (None, 'gpt2', 'gpt-2', 'default'):
     warnings.warn(f'GGUF tokenizer.ggml.pre={pre!r} is not known to dpjax; '
                   f'using the GPT-2 split, which may tokenize some text '
                   f'differently from llama.cpp')
@@ -200,7 +200,7 @@ def _pre_name(pre_json: Any) -> str:
   if not pre_json:
     return 'default'
   if pre_json.get('type') == 'ByteLevel':
-    return 'gpt2'
+    return 'gpt-2'  # llama.cpp's name (it refuses 'gpt2')
   if pre_json.get('type') == 'Sequence':
     steps = pre_json.get('pretokenizers', [])
     kinds = [s.get('type') for s in steps]

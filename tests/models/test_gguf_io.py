@@ -67,7 +67,7 @@ def test_round_trip(tmp_path, family, tie, dtype):
   assert names['blk.0.attn_norm.weight'].tensor_type == (
       gguf.GGMLQuantizationType.F32)
   assert (reader.get_field('tokenizer.ggml.pre').contents() ==
-          ('smollm' if family == 'llama' else 'gpt2'))
+          ('smollm' if family == 'llama' else 'gpt-2'))
 
   fam, config2, params2, tok2 = gguf_io.load_gguf(path)
   assert fam == family and config2 == config
