@@ -247,3 +247,54 @@ def test_bitnet_reads_theta_and_refuses_scaling():
                      'bitnet'):
     bitnet.from_hf_config(dict(BASE, model_type='bitnet',
                                rope_scaling=SCALINGS['llama3']))
+
+
+# Published config.json files (Hub model cards), as a user's folder has them.
+LLAMA_3_2_1B = {
+    'architectures': ['LlamaForCausalLM'], 'attention_bias': False,
+    'bos_token_id': 128000, 'eos_token_id': 128001, 'head_dim': 64,
+    'hidden_act': 'silu', 'hidden_size': 2048, 'intermediate_size': 8192,
+    'max_position_embeddings': 131072, 'mlp_bias': False,
+    'model_type': 'llama', 'num_attention_heads': 32,
+    'num_hidden_layers': 16, 'num_key_value_heads': 8, 'pretraining_tp': 1,
+    'rms_norm_eps': 1e-05,
+    'rope_scaling': {'factor': 32.0, 'high_freq_factor': 4.0,
+                     'low_freq_factor': 1.0,
+                     'original_max_position_embeddings': 8192,
+                     'rope_type': 'llama3'},
+    'rope_theta': 500000.0, 'tie_word_embeddings': True,
+    'torch_dtype': 'bfloat16', 'vocab_size': 128256}
+# Qwen2.5-7B-Instruct with the YaRN block its model card tells users to add.
+QWEN_2_5_7B_YARN = {
+    'architectures': ['Qwen2ForCausalLM'], 'hidden_act': 'silu',
+    'hidden_size': 3584, 'intermediate_size': 18944,
+    'max_position_embeddings': 32768, 'max_window_layers': 28,
+    'model_type': 'qwen2', 'num_attention_heads': 28,
+    'num_hidden_layers': 28, 'num_key_value_heads': 4, 'rms_norm_eps': 1e-06,
+    'rope_theta': 1000000.0, 'sliding_window': 131072,
+    'tie_word_embeddings': False, 'use_sliding_window': False,
+    'vocab_size': 152064,
+    'rope_scaling': {'factor': 4.0, 'original_max_position_embeddings': 32768,
+                     'type': 'yarn'}}
+
+
+@pytest.mark.parametrize('published', [LLAMA_3_2_1B, QWEN_2_5_7B_YARN],
+                         ids=['llama-3.2-1b', 'qwen2.5-7b-yarn'])
+def test_published_scaled_configs_give_transformers_tables(published):
+  config = llama.from_hf_config(published)
+  assert config.rope_scaling.rope_type == published['rope_scaling'].get(
+      'rope_type', published['rope_scaling'].get('type'))
+  hf_config = transformers.AutoConfig.for_model(**published)
+  rotary = transformers.models.llama.modeling_llama.LlamaRotaryEmbedding(
+      hf_config)
+  positions = np.asarray([[0, 1, 7, 100, 2047, 8191, 8192, 30000, 120000]])
+  want_cos, want_sin = (v.numpy() for v in rotary(
+      torch.zeros(1, 9, config.head_dim), torch.tensor(positions)))
+  cos, sin = rope.cos_sin(jnp.asarray(positions), config.head_dim,
+                          config.rope_theta, config.rope_scaling)
+  # float32 angles of up to 1.2e5 rad: both sides round p * inv_freq alike.
+  np.testing.assert_allclose(np.asarray(cos), want_cos, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(np.asarray(sin), want_sin, atol=1e-5, rtol=0)
+  plain = rope.cos_sin(jnp.asarray(positions), config.head_dim,
+                       config.rope_theta, None)[0]
+  assert np.max(np.abs(np.asarray(plain) - want_cos)) > 0.1
