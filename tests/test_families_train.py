@@ -28,7 +28,10 @@ def _tiny(family):
     cfg = transformers.Qwen2Config(vocab_size=258, hidden_size=32,
                                    intermediate_size=64, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=64)
+                                   max_position_embeddings=64,
+                                   rope_parameters={'rope_type': 'linear',
+                                                    'factor': 2.0,
+                                                    'rope_theta': 1e4})
     return transformers.Qwen2ForCausalLM(cfg)
   if family == 'bitnet':
     cfg = transformers.BitNetConfig(vocab_size=258, hidden_size=32,
@@ -48,7 +51,7 @@ def test_family_trains_with_dp_and_exports(family, tmp_path):
   config = debug.get_config()
   config.model.update(family=family, init='hf', path=str(src))
   config.train.steps = 2
-  config.export.formats = ('hf',)
+  config.export.formats = ('hf', 'gguf') if family == 'qwen2' else ('hf',)
   out = train.train_and_evaluate(config, str(tmp_path / 'run'))
   rows = {r['accountant']: r for r in out['report']['privacy']['rows']}
   assert rows['pld']['epsilon'] <= config.dp.target_epsilon
@@ -68,6 +71,16 @@ def test_family_trains_with_dp_and_exports(family, tmp_path):
   changed = [not torch.equal(a, b) for a, b in zip(
       before.state_dict().values(), reloaded.state_dict().values())]
   assert any(changed)
+  if family == 'qwen2':  # scaled RoPE and the GGUF export's metadata
+    assert reloaded.config.rope_parameters['rope_type'] == 'linear'
+    import gguf  # pylint: disable=g-import-not-at-top
+    reader = gguf.GGUFReader(str(tmp_path / 'run' / 'export' / 'model.gguf'))
+    field = lambda k: reader.get_field(k).contents()  # noqa: E731
+    assert field('general.name') == 'src DP fine-tune'
+    assert field('general.base_model.0.name') == 'src'
+    assert field('general.file_type') == gguf.LlamaFileType.MOSTLY_Q8_0
+    assert field('qwen2.rope.scaling.type') == 'linear'
+    assert field('qwen2.rope.scaling.factor') == 2.0
 
 
 def test_bert_genre_classification_trains_with_dp(tmp_path):
