@@ -710,6 +710,45 @@ def row_mutation_report(results: Results) -> list[Row]:
       (f, 'mutation_report.md'))]
 
 
+def rel(x: float) -> str:
+  """A relative error with two significant digits: '6.4e-4', '0.84'."""
+  if x >= 0.01:
+    return f'{x:.2f}'
+  mantissa, exp = f'{x:.1e}'.split('e')
+  return f'{mantissa}e{int(exp)}'
+
+
+def row_llama_cpp_check(results: Results) -> list[Row]:
+  """dpjax's GGUF exports in real llama.cpp (llama_cpp_check.json)."""
+  f = 'llama_cpp_check.json'
+  d = results.json(f)
+  rows = get(d, f, 'rows')
+  if not rows:
+    raise ResultKeyError(f'experiments/results/{f}: no rows')
+
+  def worst(dtype: str, key: str) -> float:
+    return max(num(r, f, key) for r in rows if get(r, f, 'dtype') == dtype)
+
+  dtypes = list(dict.fromkeys(get(r, f, 'dtype') for r in rows))
+  ropes = list(dict.fromkeys(get(r, f, 'rope') for r in rows))
+  families = list(dict.fromkeys(get(r, f, 'family') for r in rows))
+  ignored = [num(r, f, 'rel_err_if_rope_ignored') for r in rows
+             if 'rel_err_if_rope_ignored' in r]
+  seen = all(get(r, f, 'chat_template_seen') and get(r, f, 'name_seen')
+             for r in rows)
+  return [Row(
+      f'GGUF exports in real llama.cpp (llama-cpp-python '
+      f'{get(d, f, "llama_cpp_python")}), tiny random {" and ".join(families)}'
+      f' models, RoPE {", ".join(ropes)}',
+      'max |logits llama.cpp − logits dpjax| / max |logits dpjax|: '
+      + ', '.join(f'{dt} {rel(worst(dt, "rel_err_vs_float32"))}'
+                  for dt in dtypes)
+      + f' (with the RoPE scaling ignored: {span(ignored, rel)}); chat '
+      f'template and general.name read by llama.cpp: '
+      f'{"all" if seen else "NOT all"} {len(rows)} files',
+      (f, 'llama_cpp_check.md'))]
+
+
 RENDERERS: list[Callable[[Results], list[Row]]] = [
     row_quickstart,
     row_step_benchmark,
@@ -725,6 +764,7 @@ RENDERERS: list[Callable[[Results], list[Row]]] = [
     row_dp_adam_ac,
     row_replay_audit,
     row_mutation_report,
+    row_llama_cpp_check,
 ]
 
 
