@@ -14,7 +14,8 @@ reads its file(s) with `results.json(...)`, `results.csv(...)` or
 `results.jsonl(...)`, takes values with `get(data, file, 'a', 'b', ...)`
 (a missing key raises `ResultKeyError` naming the file and the key), and
 append it to `RENDERERS`. Then run this script and commit README.md with the
-result file.
+result file. Other generated blocks elsewhere in README.md (the export dtype
+table) are listed in `BLOCKS` with their own markers.
 """
 
 from __future__ import annotations
@@ -718,6 +719,61 @@ def rel(x: float) -> str:
   return f'{mantissa}e{int(exp)}'
 
 
+def _export_rows(results: Results):
+  f = 'export_dtypes.json'
+  d = results.json(f)
+  return f, d, [r for r in get(d, f, 'rows')
+                if get(r, f, 'format') == 'hf' or r.get('exported')]
+
+
+def row_export_dtypes(results: Results) -> list[Row]:
+  """Size and held-out NLL of each export (export_dtypes.json)."""
+  f, d, rows = _export_rows(results)
+  parts = [f'{"HF" if get(r, f, "format") == "hf" else "GGUF"} '
+           f'{get(r, f, "dtype")} {num(r, f, "size_mib"):.1f} MiB, '
+           f'ΔNLL {num(r, f, "max_abs_delta"):.4f}' for r in rows]
+  return [Row(
+      f'Exports of SmolLM2-135M: size and held-out NLL read back by '
+      f'{", ".join(get(d, f, "recommendation", "readers"))} '
+      f'({num(d, f, "records"):.0f} × {num(d, f, "seq_len"):.0f} tokens)',
+      f'reference {num(d, f, "reference", "nll"):.4f} nats/token; '
+      + '; '.join(parts) + ' (largest |ΔNLL| over the readers); default '
+      f'GGUF dtype {get(d, f, "recommendation", "dtype")}: the smallest '
+      f'within {g3(num(d, f, "tolerance_nats_per_token"))} nats/token',
+      (f, 'export_dtypes.md'))]
+
+
+def export_dtype_table(results_dir: pathlib.Path | str = RESULTS_DIR) -> str:
+  """The README export section's dtype table (between its markers)."""
+  results = Results(results_dir)
+  f, d, rows = _export_rows(results)
+  readers = get(d, f, 'recommendation', 'readers')
+  names = {'dpjax': 'dpjax', 'transformers': 'transformers',
+           'llama_cpp': 'llama.cpp'}
+  lines = ['', '', '| export | `config.export.gguf_dtype` | size (MiB) | '
+           + ' | '.join(f'NLL in {names.get(n, n)}' for n in readers)
+           + ' |', '|---|---|---:|' + '---:|' * len(readers)]
+  for r in rows:
+    hf = get(r, f, 'format') == 'hf'
+    cells = []
+    for n in readers:
+      v = get(r, f, 'readers', n)
+      cells.append(f'{num(v, f, "nll"):.4f}' if isinstance(v, dict)
+                   else '–')
+    short = {'float32': 'f32', 'float16': 'f16'}.get(get(r, f, 'dtype'),
+                                                      get(r, f, 'dtype'))
+    lines.append(f'| {"HF folder" if hf else "GGUF"} | '
+                 f'{"–" if hf else f"`{short}`"} | '
+                 f'{num(r, f, "size_mib"):.1f} | ' + ' | '.join(cells) + ' |')
+  lines += ['', f'SmolLM2-135M-Instruct, held-out NLL (nats/token) on '
+            f'{num(d, f, "records"):.0f} Shakespeare records × '
+            f'{num(d, f, "seq_len"):.0f} tokens; the float32 weights give '
+            f'{num(d, f, "reference", "nll"):.4f}. Generated from '
+            '`experiments/results/export_dtypes.json` by '
+            '`python experiments/readme_measured.py`.', '']
+  return '\n'.join(lines) + '\n'
+
+
 def row_llama_cpp_check(results: Results) -> list[Row]:
   """dpjax's GGUF exports in real llama.cpp (llama_cpp_check.json)."""
   f = 'llama_cpp_check.json'
@@ -764,8 +820,12 @@ RENDERERS: list[Callable[[Results], list[Row]]] = [
     row_dp_adam_ac,
     row_replay_audit,
     row_mutation_report,
+    row_export_dtypes,
     row_llama_cpp_check,
 ]
+# Other generated README blocks: (begin marker, end marker, renderer).
+BLOCKS = (('<!-- export-dtypes:begin -->', '<!-- export-dtypes:end -->',
+           export_dtype_table),)
 
 
 def _cell(text: str) -> str:
@@ -808,17 +868,29 @@ def render(results_dir: pathlib.Path | str = RESULTS_DIR) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def split_readme(text: str) -> tuple[str, str, str]:
-  """(before and including BEGIN, body, from END on) of README text.
+def split_readme(text: str, begin: str = BEGIN, end: str = END
+                 ) -> tuple[str, str, str]:
+  """(before and including `begin`, body, from `end` on) of README text.
 
   Raises:
     ValueError: when the markers are missing or out of order.
   """
-  start, stop = text.find(BEGIN), text.find(END)
+  start, stop = text.find(begin), text.find(end)
   if start < 0 or stop < 0 or stop < start:
-    raise ValueError(f'README.md: markers {BEGIN} ... {END} not found')
-  start += len(BEGIN)
+    raise ValueError(f'README.md: markers {begin} ... {end} not found')
+  start += len(begin)
   return text[:start], text[start:stop], text[stop:]
+
+
+def render_all(text: str, results_dir: pathlib.Path | str = RESULTS_DIR
+               ) -> str:
+  """README text with the Measured section and every BLOCKS body rendered."""
+  head, _, tail = split_readme(text)
+  text = head + render(results_dir) + tail
+  for begin, end, renderer in BLOCKS:
+    head, _, tail = split_readme(text, begin, end)
+    text = head + renderer(results_dir) + tail
+  return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -831,19 +903,18 @@ def main(argv: list[str] | None = None) -> int:
   args = ap.parse_args(argv)
   readme = pathlib.Path(args.readme)
   text = readme.read_text()
-  head, body, tail = split_readme(text)
-  new = render(args.results)
+  new = render_all(text, args.results)
   if args.check:
-    if body == new:
+    if text == new:
       return 0
     sys.stdout.writelines(difflib.unified_diff(
-        body.splitlines(keepends=True), new.splitlines(keepends=True),
-        'README.md (Measured)', 'from experiments/results/'))
-    print('README.md Measured section differs from the result files; run '
+        text.splitlines(keepends=True), new.splitlines(keepends=True),
+        'README.md', 'from experiments/results/'))
+    print('README.md generated sections differ from the result files; run '
           'python experiments/readme_measured.py', file=sys.stderr)
     return 1
-  if body != new:
-    readme.write_text(head + new + tail)
+  if text != new:
+    readme.write_text(new)
   return 0
 
 

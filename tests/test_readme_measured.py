@@ -138,3 +138,13 @@ def test_mutation_report_row(results_copy):
                      match=r"mutation_report\.json: missing key "
                            r"'summary\.breaks\.survived'"):
     readme_measured.render(results_copy)
+
+
+def test_every_generated_block_matches_result_files():
+  """The export-dtype table (and any other BLOCKS) agree with their files."""
+  text = readme_measured.README.read_text()
+  assert readme_measured.render_all(text) == text, (
+      'a generated README block differs from experiments/results/; run '
+      'python experiments/readme_measured.py')
+  for begin, end, _ in readme_measured.BLOCKS:
+    assert readme_measured.split_readme(text, begin, end)[1].strip()
