@@ -138,6 +138,10 @@ def test_smollm2_path():
   assert path.endswith('.gguf') and os.path.isfile(path)
   assert pretrained.source_format('smollm2') == 'gguf'
   assert pretrained.source_format('/some/folder') == 'hf'
+  # The Instruct model's chat template is read (and so exported) with it.
+  tok = gguf_io.tokenizer_from_gguf(gguf.GGUFReader(path))
+  assert tok.chat_template.startswith('{% for message in messages %}')
+  assert '<|im_start|>' in tok.chat_template
 
 
 def test_pretrained_load_save_dispatch(tmp_path):
