@@ -70,6 +70,32 @@ def _fingerprint(plan: PrivacyPlan, config, digest: str) -> str:
                                    default=str).encode()).hexdigest()[:16]
 
 
+CONFIG_FILE = 'config.json'
+
+
+def save_config(config, workdir: str) -> None:
+  """Writes the run's config to `workdir/config.json` (public: it holds
+  settings, no data and no secret), for `dpjax.generate` and for the record.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def load_config(workdir: str):
+  """The `ml_collections.ConfigDict` a run saved with `save_config`.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no saved config.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
 def _make_sampler(config, plan: PrivacyPlan, seed):
   if plan.sampling == 'poisson':
     return sampling.PoissonSampler(plan.dataset_size, plan.expected_batch_size,
@@ -176,6 +202,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) one DP training run; returns the final summary."""
   model, data, plan, mesh = run_setup.build_inputs(config)  # validates first
   os.makedirs(workdir, exist_ok=True)
+  save_config(config, workdir)
   total_steps = config.train.steps
 
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
