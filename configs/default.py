@@ -57,11 +57,28 @@ def get_config():
 
   # ---- Data ----
   config.data = ml_collections.ConfigDict()
-  config.data.corpus = 'shakespeare'   # shakespeare (embedded) | records (synthetic notes + canaries)
+  config.data.corpus = 'shakespeare'   # shakespeare (embedded) | records (synthetic notes + canaries) | files (yours: data.path)
   config.data.records_n = 2000         # records: fictitious clinical notes (one record each).
   config.data.canary_repetitions = (1, 10, 100)  # records: copies of each secret canary.
   config.data.exposure_samples = 2000  # records: candidates scored per canary (sampled exposure).
-  config.data.task = 'lm'              # lm (causal LM) | genre (passage -> genre classification)
+  # files: your data. One record = one JSON line / CSV or TSV row / .txt file of a folder,
+  # truncated to seq_len tokens, never packed with another (examples/support_tickets/).
+  config.data.path = ''                # files: a .jsonl/.json (JSON lines), .csv, .tsv file or a folder of .txt
+  config.data.format = ''              # files: '' (from the suffix) | jsonl | csv | tsv | text_folder
+  config.data.text_field = 'text'      # files: the text (task lm, classification)
+  config.data.prompt_field = 'prompt'  # files: the prompt (task instruction; no loss on it)
+  config.data.response_field = 'response'  # files: the answer (task instruction; the loss)
+  config.data.label_field = 'label'    # files: the class (task classification)
+  config.data.label_names = ()         # files, classification: the classes, public and fixed here (>= 2;
+                                       # not read from the data). A label is a name or an index 0..K-1.
+  config.data.user_field = ''          # files: the field naming the person; set: the unit is one user
+  config.data.max_records_per_user = 16  # user-level DP: at most this many of a user's records per step
+  config.data.heldout_path = ''        # files: held-out data (same format and fields); '' = split data.path
+  # files: without heldout_path, a record is held out iff SHA-256 of its user id (else of its
+  # content) maps below this fraction: a public rule, so held-out data is public (its losses
+  # are released without noise) and a user is never on both sides.
+  config.data.heldout_fraction = 0.1
+  config.data.task = 'lm'              # lm (causal LM) | genre (passage -> genre) | files: instruction | classification
   config.data.genres = ('comedy', 'tragedy')  # genre task: the classes
   config.data.passage_chars = 200      # genre task: minimum passage length
   config.data.tokenizer = 'byte'       # byte | model (the pretrained model's own)
@@ -79,6 +96,7 @@ def get_config():
   config.dp.delta = 1e-5               # Must be < 1/N.
   config.dp.l2_clip_norm = 1.0         # Flat per-example clip norm C.
   config.dp.max_noise_multiplier = 100.0  # A target needing more sigma is refused.
+  config.dp.user_sampling = 'uls'      # With data.user_field: uls (users sampled; up to k records averaged, clipped) | els (records sampled, group-accounted)
   config.dp.accountant = 'pld'         # Calibrates and reports epsilon so far: pld | rdp | edgeworth
   config.dp.report_accountants = ('pld', 'rdp', 'edgeworth')  # Final report.
   config.dp.sampling = 'poisson'       # poisson | shuffle (fixed-size; no amplification claimed)

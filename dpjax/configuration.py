@@ -80,7 +80,8 @@ def validate(config) -> None:
            True, "False with peft.mode='rgp' (adaptive clipping is not "
            'implemented in carrier space)')
 
-  corpus = _choice(config, 'data.corpus', ('shakespeare', 'records'))
+  corpus = _choice(config, 'data.corpus',
+                   ('shakespeare', 'records', 'files'))
   if corpus == 'records':
     _number(config, 'data.records_n', 1, integer=True)
     reps = tuple(_get(config, 'data.canary_repetitions'))
@@ -89,19 +90,28 @@ def validate(config) -> None:
     _number(config, 'data.exposure_samples', 1, integer=True)
     _check(_get(config, 'data.task') == 'lm', 'data.task',
            _get(config, 'data.task'), "'lm' for data.corpus='records'")
-  task = _choice(config, 'data.task', ('lm', 'genre'))
+  task = _choice(config, 'data.task',
+                 ('lm', 'genre', 'instruction', 'classification'))
+  if corpus == 'files':
+    _validate_files(config, task)
+  else:
+    _check(task in ('lm', 'genre'), 'data.task', task,
+           f"'lm' or 'genre' for data.corpus={corpus!r} ('instruction' and "
+           "'classification' read your files: data.corpus='files')")
   family = _get(config, 'model.family')
-  if task == 'genre':
+  if task in ('genre', 'classification'):
     _check(family in ('bert', 'roberta'), 'model.family', family,
-           "'bert' or 'roberta' for data.task='genre'")
+           f"'bert' or 'roberta' for data.task={task!r}")
+  if task == 'genre':
     genres = tuple(_get(config, 'data.genres'))
     _check(len(genres) >= 2 and len(set(genres)) == len(genres) and
            all(g in ('comedy', 'tragedy', 'history') for g in genres),
            'data.genres', genres, '>= 2 distinct of comedy, tragedy, history')
     _number(config, 'data.passage_chars', 1, integer=True)
-  elif family in ('bert', 'roberta'):
-    raise ConfigError('data.task', f"'lm' with the encoder family {family!r}",
-                      "'genre' (sequence classification) for encoders")
+  elif task != 'classification' and family in ('bert', 'roberta'):
+    raise ConfigError('data.task', f'{task!r} with the encoder family '
+                      f'{family!r}', "'genre' or 'classification' (sequence "
+                      'classification) for encoders')
   if family in ('bert', 'roberta'):
     _check(init != 'random', 'model.init', init,
            "'hf' (a local folder) for the encoder families")
@@ -200,6 +210,86 @@ def validate(config) -> None:
          "'f32', 'f16' or 'q8_0'")
   v = _get(config, 'export.name')
   _check(isinstance(v, str), 'export.name', v, 'a string')
+  _validate_user_level(config)
+
+
+def _validate_user_level(config) -> None:
+  """User-level DP (data.user_field set): ULS or ELS and what they allow."""
+  mode = _choice(config, 'dp.user_sampling', ('uls', 'els'))
+  if not config.data.get('user_field', ''):
+    return
+  _number(config, 'data.max_records_per_user', 1, integer=True)
+  _check(_get(config, 'dp.sampling') == 'poisson', 'dp.sampling',
+         _get(config, 'dp.sampling'),
+         "'poisson' with data.user_field (users or records are "
+         'Poisson-sampled)')
+  _check(_get(config, 'peft.mode') != 'rgp', 'peft.mode', 'rgp',
+         "'full', 'lora', 'bias_only' or 'norms' with data.user_field "
+         '(user-level RGP is not implemented)')
+  if mode == 'els':
+    _check(_get(config, 'dp.mechanism') == 'gaussian', 'dp.mechanism',
+           _get(config, 'dp.mechanism'), "'gaussian' with "
+           "dp.user_sampling='els' (its group accounting is for Gaussian "
+           'noise)')
+    _check(not _get(config, 'dp_adam_ac.enabled'), 'dp_adam_ac.enabled',
+           True, "False with dp.user_sampling='els' (its count noise "
+           "assumes one record per unit; use 'uls')")
+    _check(_get(config, 'dp.accountant') != 'edgeworth', 'dp.accountant',
+           'edgeworth', "'pld' or 'rdp' with dp.user_sampling='els'")
+
+
+def _name(config, field: str) -> str:
+  v = _get(config, field)
+  _check(isinstance(v, str) and v.strip() == v and v != '', field, v,
+         'a non-empty field (column) name without surrounding spaces')
+  return v
+
+
+def _validate_files(config, task: str) -> None:
+  """`data.corpus='files'`: the path, format, fields and held-out split."""
+  path = _get(config, 'data.path')
+  _check(isinstance(path, str) and path != '', 'data.path', path,
+         'a .jsonl/.json (JSON lines), .csv or .tsv file or a folder of .txt '
+         'files')
+  fmt = _choice(config, 'data.format',
+                ('', 'jsonl', 'csv', 'tsv', 'text_folder'))
+  _check(task in ('lm', 'instruction', 'classification'), 'data.task', task,
+         "'lm', 'instruction' or 'classification' for data.corpus='files'")
+  names = {'lm': ('text_field',), 'instruction': ('prompt_field',
+                                                   'response_field'),
+           'classification': ('text_field', 'label_field')}[task]
+  read = [_name(config, f'data.{n}') for n in names]
+  user = _get(config, 'data.user_field')
+  _check(isinstance(user, str) and user.strip() == user, 'data.user_field',
+         user, "'' (record level) or a field (column) name")
+  fields = read + ([user] if user else [])
+  _check(len(set(fields)) == len(fields), f'data.{names[-1]}', fields,
+         'distinct field names (' + ', '.join(
+             f'data.{n}' for n in names + (('user_field',) if user else ()))
+         + ')')
+  if fmt == 'text_folder':
+    _check(task == 'lm', 'data.task', task,
+           "'lm' for data.format='text_folder' (one plain text per file)")
+    _check(not user, 'data.user_field', user,
+           "'' for data.format='text_folder' (files have no fields)")
+  if task == 'classification':
+    labels = tuple(_get(config, 'data.label_names'))
+    _check(len(labels) >= 2 and len(set(labels)) == len(labels) and
+           all(isinstance(l, str) and l.strip() for l in labels),
+           'data.label_names', labels,
+           '>= 2 distinct class names, fixed in the config (public: the '
+           'label set is not read from the data); a label in the file is '
+           'a name or its index 0..K-1')
+    _check(_get(config, 'data.tokenizer') == 'model', 'data.tokenizer',
+           _get(config, 'data.tokenizer'),
+           "'model' for data.task='classification' (the encoder's own)")
+    _number(config, 'data.seq_len', 3, integer=True)
+  held = _get(config, 'data.heldout_path')
+  _check(isinstance(held, str), 'data.heldout_path', held,
+         "'' (split data.path) or a file or folder like data.path")
+  if not held:
+    _number(config, 'data.heldout_fraction', 0, 1, lo_open=True,
+            hi_open=True)
 
 
 def _validate_lmo(config) -> None:
@@ -228,16 +318,27 @@ def _validate_lmo(config) -> None:
                       '(search with python -m dpjax.lmo_search)') from e
 
 
-def validate_against_data(config, dataset_size: int) -> None:
-  """Checks that need the dataset size N."""
+def validate_against_data(config, dataset_size: int, *, unit: str = 'records',
+                          n_privacy_units: int | None = None) -> None:
+  """Checks that need the dataset size N.
+
+  Args:
+    config: the run's config.
+    dataset_size: N of the sampling rate (records, or users under ULS).
+    unit: what `dataset_size` counts, for messages ('records' or 'users').
+    n_privacy_units: the number of privacy units (users when the unit is a
+      user) that delta is checked against; default `dataset_size`.
+  """
   batch = config.train.batch_size
   if dataset_size < 1:
     raise ConfigError('data', 'the training set is empty',
                       'a corpus with at least one record')
   _check(batch <= dataset_size, 'train.batch_size', batch,
-         f'at most the number of training records ({dataset_size})')
+         f'at most the number of training {unit} ({dataset_size})')
   if config.dp.enabled:
+    n = n_privacy_units or dataset_size
+    kind = 'users' if config.data.get('user_field', '') else 'records'
     delta = config.dp.delta
-    _check(delta < 1.0 / dataset_size, 'dp.delta', delta,
-           f'below 1/N = {1.0 / dataset_size:.3g} for N = {dataset_size} '
-           'records (a larger delta permits releasing a record outright)')
+    _check(delta < 1.0 / n, 'dp.delta', delta,
+           f'below 1/N = {1.0 / n:.3g} for N = {n} {kind} (a larger delta '
+           f'permits releasing a {kind[:-1]} outright)')

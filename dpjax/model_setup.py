@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dpjax import input_pipeline
 from dpjax import models
 from dpjax.configuration import ConfigError
 
@@ -245,7 +246,8 @@ def _with_classifier(config, module, model_cfg, params):
   """Adds a seeded classification head to a pretrained encoder."""
   from dpjax.models import bert  # pylint: disable=g-import-not-at-top
   model_cfg = dataclasses.replace(model_cfg, head='classification',
-                                  num_labels=len(config.data.genres),
+                                  num_labels=input_pipeline.num_labels(
+                                      config.data),
                                   head_init_seed=config.seed)
   module, model_cfg = models.build_model(
       model_cfg.family, **{k: v for k, v in dataclasses.asdict(model_cfg).items()
@@ -261,7 +263,7 @@ def create(config) -> Model:
   else:
     module, model_cfg, params, tok = _pretrained(config)
   family = getattr(model_cfg, 'family', config.model.family)
-  if config.data.task == 'genre':
+  if config.data.task in ('genre', 'classification'):
     module, model_cfg, params = _with_classifier(config, module, model_cfg,
                                                  params)
   if config.data.tokenizer == 'model' and tok is None:
@@ -269,7 +271,7 @@ def create(config) -> Model:
                       'with a tokenizer', "'byte' for random-init models")
   trainable, frozen, combine, rgp_targets = _split(
       config, params, jax.random.fold_in(jax.random.key(config.seed), 11))
-  if config.data.task == 'genre':
+  if config.data.task in ('genre', 'classification'):
     loss_fn, eval_fn = _classification_fns(module, model_cfg, combine)
   else:
     loss_fn, eval_fn = _lm_fns(module, model_cfg, combine)

@@ -47,6 +47,18 @@ class PrivacyPlan:
   lmo_params: tuple[tuple[str, float], ...] | None = None
   lmo_noise_scale: float | None = None  # what the unit LMO noise is scaled by
   lmo_paper_faithful_not_private: bool = False
+  # The privacy unit: 'record', or 'user' (config.data.user_field set), with
+  # `user_sampling` 'uls' (dataset_size = users, batch = users per step) or
+  # 'els' (dataset_size = capped records, batch = records per step, each step
+  # recorded as the user-level mechanism; `group_size` = k).
+  unit_kind: str = 'record'
+  user_sampling: str | None = None
+  records_per_user: int | None = None
+
+  @property
+  def group_size(self) -> int:
+    """k for ELS (a user is a group of <= k sampled records), else 1."""
+    return self.records_per_user if self.user_sampling == 'els' else 1
 
   @property
   def clip_norm(self) -> float:
@@ -57,6 +69,14 @@ class PrivacyPlan:
     """The LMO noise parameters (`dpjax.accounting.lmo.LMOParams`)."""
     from dpjax.accounting import lmo  # pylint: disable=g-import-not-at-top
     return lmo.LMOParams(**dict(self.lmo_params))
+
+  def unit(self, base: str) -> str:
+    """The ledger's unit: `base` (from the data), with the per-user cap."""
+    if self.unit_kind != 'user':
+      return base
+    from dpjax import user_level  # pylint: disable=g-import-not-at-top
+    return user_level.user_unit(base, self.user_sampling,
+                                self.records_per_user)
 
   def accountant_obj(self):
     """The accountant that bounds this run's epsilon so far."""
@@ -91,7 +111,11 @@ class PrivacyPlan:
     against what it records.
     """
     if self.enabled:
-      ledger.record(self.q_at(step), self.noise_multiplier)
+      q, z = self.q_at(step), self.noise_multiplier
+      if self.group_size > 1:  # ELS: the user-level mechanism of the step
+        from dpjax import user_level  # pylint: disable=g-import-not-at-top
+        q, z = user_level.els_rate(q, self.group_size), z / self.group_size
+      ledger.record(q, z)
 
 
 def _batch_sizes(config) -> tuple[float, ...] | None:
@@ -105,23 +129,38 @@ def _batch_sizes(config) -> tuple[float, ...] | None:
   return tuple(float(b) for b in sizes)
 
 
+def _unit_fields(config) -> dict:
+  """PrivacyPlan's unit fields from `config.data.user_field` and `dp`."""
+  if not config.data.get('user_field', ''):
+    return {}
+  return dict(unit_kind='user', user_sampling=config.dp.user_sampling,
+              records_per_user=int(config.data.max_records_per_user))
+
+
 def plan_privacy(config, dataset_size: int,
                  num_noised_coordinates: int | None = None) -> PrivacyPlan:
   """Resolves sigma (given or calibrated) for the run's sampling scheme.
 
-  `num_noised_coordinates` (d) is needed only for the paper-faithful LMO
-  mode, whose true L1 sensitivity after L2 clipping to C is C sqrt(d).
+  `dataset_size` is the number of units sampled from: records, users (ULS)
+  or the records kept at most k per user (ELS). `num_noised_coordinates` (d)
+  is needed only for the paper-faithful LMO mode, whose true L1 sensitivity
+  after L2 clipping to C is C sqrt(d).
   """
   dp = config.dp
   if dp.enabled and dp.mechanism == 'lmo':
-    return _plan_lmo(config, dataset_size, num_noised_coordinates)
+    plan = _plan_lmo(config, dataset_size, num_noised_coordinates)
+    return dataclasses.replace(plan, **_unit_fields(config))
+  unit = _unit_fields(config)
+  group = unit.get('records_per_user', 1) if unit.get(
+      'user_sampling') == 'els' else 1
   batch = float(config.train.batch_size)
   q = batch / dataset_size
   neighbouring = 'add_remove' if dp.sampling == 'poisson' else 'replace_one'
   sizes = _batch_sizes(config)
   if not dp.enabled:
     return PrivacyPlan(False, dp.sampling, neighbouring, dataset_size, batch,
-                       q, 0.0, math.inf, dp.delta, dp.accountant, None, sizes)
+                       q, 0.0, math.inf, dp.delta, dp.accountant, None, sizes,
+                       **unit)
   sigma = float(dp.noise_multiplier)
   target = None
   if sigma < 0:
@@ -129,7 +168,7 @@ def plan_privacy(config, dataset_size: int,
     accountant = get_accountant(dp.accountant)
     if dp.sampling == 'poisson':
       sigma = _calibrate(config, accountant, dataset_size, sizes,
-                         neighbouring, 'noise multiplier')
+                         neighbouring, 'noise multiplier', group)
     else:
       # Fixed-size shuffled batches: one full-batch Gaussian per epoch an
       # example takes part in, at replace-one sensitivity 2C.
@@ -144,7 +183,7 @@ def plan_privacy(config, dataset_size: int,
       _check_max_multiplier(config, sigma, q, 'noise multiplier')
   return PrivacyPlan(True, dp.sampling, neighbouring, dataset_size, batch, q,
                      sigma, float(dp.l2_clip_norm), float(dp.delta),
-                     dp.accountant, target, sizes)
+                     dp.accountant, target, sizes, **unit)
 
 
 def _plan_lmo(config, dataset_size: int, dim: int | None) -> PrivacyPlan:
@@ -187,21 +226,29 @@ def _plan_lmo(config, dataset_size: int, dim: int | None) -> PrivacyPlan:
 
 
 def _calibrate(config, accountant, dataset_size: int, sizes, neighbouring,
-               what: str) -> float:
+               what: str, group: int = 1) -> float:
   """The smallest multiplier meeting dp.target_epsilon under Poisson
-  sampling (over the batch schedule when there is one)."""
+  sampling (over the batch schedule when there is one).
+
+  `group` > 1 (ELS): the ledger records each step at rate 1 - (1 - q)^k
+  and multiplier z / k, so z / k is calibrated at that rate.
+  """
+  from dpjax import user_level  # pylint: disable=g-import-not-at-top
   dp = config.dp
   target = float(dp.target_epsilon)
   q = float(config.train.batch_size) / dataset_size
+  rate = lambda r: user_level.els_rate(r, group) if group > 1 else r  # noqa: E731
   try:
     if sizes is not None:
       m = batch_schedule.calibrate_sigma_for_schedule(
           accountant, target_epsilon=target, delta=dp.delta,
-          rates=[b / dataset_size for b in sizes], neighbouring=neighbouring)
+          rates=[rate(b / dataset_size) for b in sizes],
+          neighbouring=neighbouring)
     else:
       m = calibration.calibrate_sigma(
-          accountant, target_epsilon=target, delta=dp.delta, q=q,
+          accountant, target_epsilon=target, delta=dp.delta, q=rate(q),
           steps=config.train.steps, neighbouring=neighbouring)
+    m *= group
   except ValueError as e:
     raise _unreachable(config, q, e) from e
   _check_max_multiplier(config, m, q, what)

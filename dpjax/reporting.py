@@ -56,6 +56,26 @@ def _overflow_probability(plan, sampler) -> float | None:
   return float(stats.binom.sf(sampler.max_batch_size, plan.dataset_size, q))
 
 
+def _unit_fields(plan, clip_ord: int) -> dict[str, Any]:
+  """What the batch, N and the clipping count for a user-level run."""
+  if getattr(plan, 'unit_kind', 'record') != 'user':
+    return {'sampled_unit': 'record'}
+  k = plan.records_per_user
+  if plan.user_sampling == 'uls':
+    return {'sampled_unit': 'user (ULS: user-level sampling)',
+            'expected_batch_size_counts': 'users per step',
+            'dataset_size_counts': 'users',
+            'clipping': (f'flat per-user L{clip_ord}: the gradients of up '
+                         f'to {k} of the user\'s records are averaged, then '
+                         f'clipped as one contribution')}
+  return {'sampled_unit': 'record (ELS: example-level sampling)',
+          'expected_batch_size_counts': 'records per step',
+          'dataset_size_counts': f'records kept, at most {k} per user',
+          'ledger_phases': (f'each step is recorded as the user-level '
+                            f'mechanism: rate 1 - (1 - q)^{k}, multiplier '
+                            f'noise_multiplier / {k}')}
+
+
 def threat_model(plan, *, randomness: dict[str, Any] | None = None,
                  skip_padding_microbatches: bool = False,
                  overflow_probability: float | None = None
@@ -207,6 +227,7 @@ def build_report(plan, ledger, sampler, final: dict[str, Any],
   }
   if overflow_p is not None:
     out['mechanism']['poisson_overflow_probability_per_step'] = overflow_p
+  out['mechanism'].update(_unit_fields(plan, clip_ord))
   if 'canary_exposure' in final:
     out['evaluation']['canary_exposure_label'] = CANARY_LABEL
     out['notes'].append('Canary exposure is ' + CANARY_LABEL + '.')

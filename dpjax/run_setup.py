@@ -41,8 +41,13 @@ def build_inputs(config) -> RunInputs:
   tokenizer = (model.tokenizer if config.data.tokenizer == 'model' or
                config.data.task == 'genre' else None)
   data = input_pipeline.build(config.data, tokenizer, seed=config.seed)
-  configuration.validate_against_data(config, data.train_size)
-  plan = plan_privacy(config, data.train_size, model_setup.noised_coordinates(
+  users, n_units = data_users(data), sampled_units(config, data)
+  configuration.validate_against_data(
+      config, n_units,
+      unit=('users' if users is not None and config.dp.user_sampling == 'uls'
+            else 'records'),
+      n_privacy_units=None if users is None else len(users))
+  plan = plan_privacy(config, n_units, model_setup.noised_coordinates(
       model, config.peft.rgp_rank))
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   n_data = mesh.shape['data']
@@ -52,6 +57,23 @@ def build_inputs(config) -> RunInputs:
         f'divisible by the {n_data} devices on the data axis',
         f'a multiple of {n_data}')
   return RunInputs(model, data, plan, mesh)
+
+
+def data_users(data):
+  """The per-user record indices of a user-level dataset, or None."""
+  return getattr(data, 'users', None)
+
+
+def sampled_units(config, data) -> int:
+  """N of the sampling rate: records; users (ULS); or the records kept at
+  most `data.max_records_per_user` per user (ELS)."""
+  users = data_users(data)
+  if users is None:
+    return data.train_size
+  if config.dp.user_sampling == 'uls':
+    return len(users)
+  from dpjax import user_level  # pylint: disable=g-import-not-at-top
+  return user_level.els_pool_size(users, config.data.max_records_per_user)
 
 
 def rgp_key(config) -> jax.Array:
@@ -131,8 +153,12 @@ def make_step(config, model, stages, plan: PrivacyPlan, clip_norm_fn,
         clip_norm_ord=plan.clip_norm_ord,
         extra_grad_scale=float(config.peft.rgp_extra_grad_scale),
         skip_padding_microbatches=config.train.skip_padding_microbatches)
+  loss_fn = model.loss_fn
+  if plan.user_sampling == 'uls':  # a user's records make one contribution
+    from dpjax import user_level  # pylint: disable=g-import-not-at-top
+    loss_fn = user_level.user_loss_fn(loss_fn)
   return steps_lib.make_train_step(
-      model.loss_fn, optimizers.post_clip(stages),
+      loss_fn, optimizers.post_clip(stages),
       l2_clip_norm=stages_clip(plan),
       microbatch_size=config.train.microbatch_size, private=plan.enabled,
       clip_norm_fn=clip_norm_fn, clip_norm_ord=plan.clip_norm_ord,

@@ -35,15 +35,17 @@ def record_keys(dropout_key: jax.Array, step: jax.Array,
                 record_ids: jax.Array) -> jax.Array:
   """Per-record dropout keys: `fold_in(fold_in(dropout_key, step), id)`.
 
-  A record's key depends only on the step and its own index in the training
-  set, never on which other records were sampled or on its batch slot, so
+  `record_ids` is `[B]`, or `[B, k]` for user-level batches (a user's
+  records; the keys then have that shape). A record's key depends only on
+  the step and its own index in the training set, never on which other records were sampled or on its batch slot, so
   adding or removing a record leaves every other record's dropout unchanged.
   `dropout_key` is secret (`dpjax.randomness`) and must be a vmap-invariant
   implementation (threefry).
   """
   step_key = jax.random.fold_in(dropout_key, step)
-  return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(
-      record_ids.astype(jnp.uint32))
+  flat = record_ids.reshape(-1).astype(jnp.uint32)
+  keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(flat)
+  return keys.reshape(record_ids.shape)
 
 
 def _micro_view(x, microbatch_size):

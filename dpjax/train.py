@@ -40,6 +40,7 @@ from dpjax import sampling
 from dpjax import secret_store
 from dpjax import sharding
 from dpjax import steps as steps_lib
+from dpjax import user_level
 from dpjax.accounting import get_accountant
 from dpjax.accounting import ledger as ledger_lib
 from dpjax.privacy_plan import PrivacyPlan
@@ -96,7 +97,13 @@ def load_config(workdir: str):
     return ml_collections.ConfigDict(json.load(f))
 
 
-def _make_sampler(config, plan: PrivacyPlan, seed):
+def _make_sampler(config, plan: PrivacyPlan, seed, users=None):
+  if users is not None:
+    from dpjax import user_level  # pylint: disable=g-import-not-at-top
+    cls = (user_level.UserSampler if plan.user_sampling == 'uls'
+           else user_level.ElsSampler)
+    return cls(users, plan.records_per_user, plan.expected_batch_size,
+               config.train.max_batch_size, seed)
   if plan.sampling == 'poisson':
     return sampling.PoissonSampler(plan.dataset_size, plan.expected_batch_size,
                                    config.train.max_batch_size, seed)
@@ -104,10 +111,11 @@ def _make_sampler(config, plan: PrivacyPlan, seed):
                                  int(config.train.batch_size), seed)
 
 
-def make_sampler(config, plan: PrivacyPlan, seed):
-  """The run's batch sampler (Poisson or shuffle), seeded with `seed`
-  (secret: `SecretRandomness.sampler_seed()`)."""
-  return _make_sampler(config, plan, seed)
+def make_sampler(config, plan: PrivacyPlan, seed, users=None):
+  """The run's batch sampler (Poisson or shuffle; over users, or ELS's
+  capped records, when `users` gives each user's record indices), seeded
+  with `seed` (secret: `SecretRandomness.sampler_seed()`)."""
+  return _make_sampler(config, plan, seed, users)
 
 
 def draw_batch(sampler, plan: PrivacyPlan, step: int):
@@ -210,8 +218,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   store = secret_store.SecretStore(workdir, config.train.keep_checkpoints)
   start = ckpt.latest_step() or 0
   secret, payload = _resume_secret(config, store, start, total_steps)
-  sampler = _make_sampler(config, plan, secret.sampler_seed())
-  ledger = plan.new_ledger(data.unit)
+  sampler = _make_sampler(config, plan, secret.sampler_seed(),
+                          run_setup.data_users(data))
+  ledger = plan.new_ledger(plan.unit(data.unit))
 
   batch_sh = sharding.batch_sharding(mesh)
   repl = sharding.replicated(mesh)
@@ -272,7 +281,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   for step in range(start + 1, total_steps + 1):
     idx, mask = draw_batch(sampler, plan, step)
-    batch = {k: v[idx] for k, v in data.train.items()}
+    batch = user_level.gather_batch(data.train, idx)
     batch, mask_d, ids = jax.device_put(
         (batch, mask.astype(np.float32), idx.astype(np.int32)), batch_sh)
     state, m = train_step(state, frozen, batch, mask_d, dropout_key, ids)

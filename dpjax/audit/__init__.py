@@ -84,5 +84,16 @@ def replay_config(config, *, seed: int | None = None, **replay_kwargs
 
   Returns:
     The `ReplayReport`.
+
+  Raises:
+    ConfigError: a user-level config (`data.user_field`): the replay
+      removes and adds records; the user-level sensitivity is checked in
+      tests/test_user_level.py.
   """
+  if config.data.get('user_field', ''):
+    from dpjax import configuration  # pylint: disable=g-import-not-at-top
+    raise configuration.ConfigError(
+        'data.user_field', f'{config.data.user_field!r}: the replay audit '
+        'replays record-level neighbours only', "'' for the replay audit (the "
+        'noise probe, python -m dpjax.audit noise, runs user-level configs)')
   return replay(target_of(build_harness(config, seed=seed)), **replay_kwargs)

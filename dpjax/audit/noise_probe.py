@@ -66,6 +66,7 @@ from dpjax import rgp_step
 from dpjax import run_setup
 from dpjax import sharding
 from dpjax import train as train_lib
+from dpjax import user_level
 from dpjax.audit import capture
 
 PyTree = Any
@@ -258,12 +259,15 @@ def count_samples(noise_stage, *, centered: bool,
 
 
 def _with_tap_shapes(step_fn, state, frozen, data, max_batch, mesh,
-                     dropout_key):
+                     dropout_key, records_per_row: int | None = None):
   """`state` with the tap's record fields as zeros of their final shapes,
-  so the step compiles once (the probe's state is not donated)."""
-  batch = {k: v[:1].repeat(max_batch, 0) for k, v in data.train.items()}
+  so the step compiles once (the probe's state is not donated).
+  `records_per_row`: k for user-level (ULS) batches of `[B, k]` records."""
+  idx = np.zeros((max_batch,) + ((records_per_row,) if records_per_row
+                                 else ()), np.int64)
+  batch = user_level.gather_batch(data.train, idx)
   mask = np.zeros((max_batch,), np.float32)
-  ids = np.zeros((max_batch,), np.int32)
+  ids = idx.astype(np.int32)
   out, _ = jax.eval_shape(step_fn, state, frozen, batch, mask, dropout_key,
                           ids)
   repl = sharding.replicated(mesh)
@@ -316,10 +320,13 @@ def probe_config(config, *, seed: int | None = None,
   state, frozen, step_fn, dropout_key = capture.placed_step(
       config, model, probe, plan, clip_norm_fn, mesh, secret)
   batch_sh = sharding.batch_sharding(mesh)
-  sampler = train_lib.make_sampler(config, plan, secret.sampler_seed())
-  state = _with_tap_shapes(step_fn, state, frozen, data,
-                           int(config.train.max_batch_size), mesh, dropout_key)
-  ledger = plan.new_ledger(data.unit)
+  sampler = train_lib.make_sampler(config, plan, secret.sampler_seed(),
+                                   run_setup.data_users(data))
+  state = _with_tap_shapes(
+      step_fn, state, frozen, data, int(config.train.max_batch_size), mesh,
+      dropout_key, plan.records_per_user if plan.user_sampling == 'uls'
+      else None)
+  ledger = plan.new_ledger(plan.unit(data.unit))
   rgp = config.peft.mode == 'rgp'
 
   noise_units, release_err = [], 0.0
@@ -334,7 +341,7 @@ def probe_config(config, *, seed: int | None = None,
           plan.l2_clip_norm, int(sum(x.size for x in jax.tree.leaves(
               model.trainable))))
     idx, mask = train_lib.draw_batch(sampler, plan, step)
-    batch = {k: v[idx] for k, v in data.train.items()}
+    batch = user_level.gather_batch(data.train, idx)
     batch, mask_d, ids = jax.device_put(
         (batch, mask.astype(np.float32), idx.astype(np.int32)), batch_sh)
     before, step_before = state.trainable, state.step

@@ -92,6 +92,63 @@ def apply_template(
   return template.replace('{prompt}', prompt), response
 
 
+def template_specials(tokenizer: Any) -> dict[str, str]:
+  """The `bos_token`/`eos_token` strings a tokenizer offers a Jinja template."""
+  return {name: getattr(tokenizer, name) for name in ('bos_token', 'eos_token')
+          if isinstance(getattr(tokenizer, name, None), str)}
+
+
+def instruction_ids(prompt: str, response: str, tokenizer: Any, *,
+                    template: Template = None,
+                    special: dict[str, str] | None = None,
+                    add_eos: bool = True) -> tuple[list[int], list[int]]:
+  """(prompt ids, response ids) of one pair under `template`.
+
+  The prompt text and the response text (see `apply_template`) are encoded
+  separately; `tokenizer.eos_id` follows the response if `add_eos`.
+  """
+  p_text, r_text = apply_template(template, prompt, response,
+                                  special_tokens=special)
+  p_ids = list(tokenizer.encode(p_text))
+  r_ids = list(tokenizer.encode(r_text))
+  if add_eos:
+    r_ids.append(tokenizer.eos_id)
+  return p_ids, r_ids
+
+
+def layout_instruction(id_pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+                       seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
+  """Rows `prompt + response` shifted and padded, weights on the response.
+
+  Row i is `p_i + r_i` cut to `seq_len + 1` tokens (the end of a long
+  response is lost); weight 1 exactly where the target is a response token.
+
+  Raises:
+    ValueError: an empty response, or a prompt that leaves no room for a
+      response target (naming the example index).
+  """
+  n = len(id_pairs)
+  inputs = np.full((n, seq_len), pad_id, np.int32)
+  targets = np.full((n, seq_len), pad_id, np.int32)
+  weights = np.zeros((n, seq_len), np.float32)
+  for i, (p_ids, r_ids) in enumerate(id_pairs):
+    p_ids, r_ids = list(p_ids), list(r_ids)
+    if not r_ids:
+      raise ValueError(f'examples[{i}]: empty response and add_eos=False: '
+                       'nothing to train on')
+    if len(p_ids) >= seq_len + 1 or not p_ids:
+      raise ValueError(
+          f'examples[{i}]: the prompt has {len(p_ids)} tokens; it needs at '
+          f'least 1 and at most seq_len = {seq_len} to leave a response target')
+    row = (p_ids + r_ids)[:seq_len + 1]
+    m = len(row) - 1
+    inputs[i, :m] = row[:-1]
+    targets[i, :m] = row[1:]
+    # target t is row[t + 1]; it is a response token iff t + 1 >= len(p_ids)
+    weights[i, len(p_ids) - 1:m] = 1.0
+  return {'inputs': inputs, 'targets': targets, 'weights': weights}
+
+
 def encode_instruction(
     examples: Sequence[Any],
     tokenizer: Any,
@@ -123,14 +180,8 @@ def encode_instruction(
   """
   if len(examples) == 0:
     raise ValueError('examples is empty: no instruction records')
-  special = {}
-  for name in ('bos_token', 'eos_token'):
-    if isinstance(getattr(tokenizer, name, None), str):
-      special[name] = getattr(tokenizer, name)
-  n = len(examples)
-  inputs = np.full((n, seq_len), tokenizer.pad_id, np.int32)
-  targets = np.full((n, seq_len), tokenizer.pad_id, np.int32)
-  weights = np.zeros((n, seq_len), np.float32)
+  special = template_specials(tokenizer)
+  pairs = []
   for i, ex in enumerate(examples):
     if isinstance(ex, dict):
       prompt, response = ex.get('prompt'), ex.get('response')
@@ -138,26 +189,10 @@ def encode_instruction(
       prompt, response = ex
     if not isinstance(prompt, str) or not isinstance(response, str):
       raise ValueError(f'examples[{i}]: prompt and response must be strings')
-    p_text, r_text = apply_template(template, prompt, response,
-                                    special_tokens=special)
-    p_ids = list(tokenizer.encode(p_text))
-    r_ids = list(tokenizer.encode(r_text))
-    if add_eos:
-      r_ids.append(tokenizer.eos_id)
-    if not r_ids:
-      raise ValueError(f'examples[{i}]: empty response and add_eos=False: '
-                       'nothing to train on')
-    if len(p_ids) >= seq_len + 1 or not p_ids:
-      raise ValueError(
-          f'examples[{i}]: the prompt has {len(p_ids)} tokens; it needs at '
-          f'least 1 and at most seq_len = {seq_len} to leave a response target')
-    row = (p_ids + r_ids)[:seq_len + 1]
-    m = len(row) - 1
-    inputs[i, :m] = row[:-1]
-    targets[i, :m] = row[1:]
-    # target t is row[t + 1]; it is a response token iff t + 1 >= len(p_ids)
-    weights[i, len(p_ids) - 1:m] = 1.0
-  return {'inputs': inputs, 'targets': targets, 'weights': weights}
+    pairs.append(instruction_ids(prompt, response, tokenizer,
+                                 template=template, special=special,
+                                 add_eos=add_eos))
+  return layout_instruction(pairs, seq_len, tokenizer.pad_id)
 
 
 def _truncate_pair(a: list[int], b: list[int],
