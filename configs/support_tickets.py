@@ -52,6 +52,7 @@ def get_config():
   config.train.update(steps=6, batch_size=8, max_batch_size=16,
                       microbatch_size=8, learning_rate=1e-2, ema_decay=0.5,
                       log_every=1, eval_every=6, checkpoint_every=3)
+  config.export.formats = ('hf', 'gguf')  # runs/.../export/: transformers, llama.cpp
   config.dp.update(target_epsilon=8.0, noise_multiplier=-1.0, delta=1e-5,
                    l2_clip_norm=1.0, accountant='pld')
   return config
