@@ -143,12 +143,12 @@ def get_config():
   # ---- Optimisation ----
   config.train = ml_collections.ConfigDict()
   config.train.steps = 100
-  config.train.batch_size = 64         # Expected batch size B = qN (Poisson) or fixed (shuffle).
-  config.train.max_batch_size = 96     # Static padded shape B_max; draws above it use 2 chunks.
+  config.train.batch_size = 64         # Expected batch size B = qN (Poisson) or fixed (shuffle); users per step under ULS.
+  config.train.max_batch_size = 96     # Static padded shape B_max (users under ULS); draws above it use 2 chunks.
   config.train.batch_schedule = 'constant'  # constant | linear_ramp (variable q, Poisson only)
   config.train.batch_schedule_start = 0.0   # linear_ramp: B at step 1 (ramps to batch_size).
   config.train.batch_schedule_ramp_steps = 0  # linear_ramp: ramp length (0: all steps).
-  config.train.microbatch_size = 8     # Per-example gradients computed m at a time.
+  config.train.microbatch_size = 8     # Per-example gradients computed m at a time (ULS: m users, m*k records).
   # True skips micro-batches that are all padding: faster, but the step time then reveals
   # the realised batch size (a timing channel that epsilon does not cover).
   config.train.skip_padding_microbatches = False

@@ -774,6 +774,29 @@ def export_dtype_table(results_dir: pathlib.Path | str = RESULTS_DIR) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def row_user_level_step_benchmark(results: Results) -> list[Row]:
+  """ULS step vs record-level DP step (user_level_step_benchmark.json)."""
+  f = 'user_level_step_benchmark.json'
+  d = results.json(f)
+  eq = get(d, f, 'ratios', 'equal_records_per_microbatch')
+  best = get(d, f, 'ratios', 'best_vs_best')
+  times = [num(v, f, 'time') for v in eq.values()]
+  mems = [num(v, f, 'memory') for v in eq.values()]
+  ks = sorted({int(num(v, f, 'k')) for v in eq.values()})
+  best_text = ', '.join(f'k = {name[1:]} {x2(num(v, f, "time"))}'
+                        for name, v in best.items())
+  target = get(d, f, 'target')
+  return [Row(
+      f'User-level (ULS) DP step vs record-level DP step, 7.3M-parameter '
+      f'decoder, the same {num(d, f, "setup", "records"):.0f} records per '
+      f'step (users of k = {", ".join(map(str, ks))} records)',
+      f'user / record at equal records per micro-batch: '
+      f'{span(times, x2)} time, {span(mems, x2)} memory; best vs best: '
+      f'{best_text}; target ≤ {x2(num(target, f, "max_time_ratio"))}: '
+      f'{"met" if get(target, f, "met") else "NOT met"}',
+      (f, 'user_level_step_benchmark.md'))]
+
+
 def row_llama_cpp_check(results: Results) -> list[Row]:
   """dpjax's GGUF exports in real llama.cpp (llama_cpp_check.json)."""
   f = 'llama_cpp_check.json'
@@ -822,6 +845,7 @@ RENDERERS: list[Callable[[Results], list[Row]]] = [
     row_mutation_report,
     row_export_dtypes,
     row_llama_cpp_check,
+    row_user_level_step_benchmark,
 ]
 # Other generated README blocks: (begin marker, end marker, renderer).
 BLOCKS = (('<!-- export-dtypes:begin -->', '<!-- export-dtypes:end -->',
