@@ -797,6 +797,32 @@ def row_user_level_step_benchmark(results: Results) -> list[Row]:
       (f, 'user_level_step_benchmark.md'))]
 
 
+def row_user_level_comparison(results: Results) -> list[Row]:
+  """ULS vs ELS at equal user-level epsilon (user_level_comparison.json)."""
+  f = 'user_level_comparison.json'
+  d = results.json(f)
+  summary = get(d, f, 'summary')
+  eps = max(num(s, f, 'epsilon_pld') for s in summary)
+  by_mode = {}
+  for s in summary:
+    by_mode.setdefault(get(s, f, 'mode'), []).append(
+        f'k = {num(s, f, "k"):.0f} {num(s, f, "eval_loss_mean"):.3f}')
+  before = summary[0]['eval_loss_initial']
+  return [Row(
+      f'User-level DP, ULS vs ELS at equal user-level ε '
+      f'({num(d, f, "data", "train_users"):.0f} customers, '
+      f'{num(d, f, "data", "train_records"):.0f} tickets, up to '
+      f'{num(d, f, "data", "records_per_user_max"):.0f} per customer; tiny '
+      f'decoder, {num(d, f, "steps"):.0f} steps, {len(get(d, f, "seeds"))} '
+      f'seeds)',
+      f'held-out NLL {before:.3f} before → ULS '
+      + ', '.join(by_mode.get('uls', [])) + '; ELS '
+      + ', '.join(by_mode.get('els', []))
+      + f' (PLD ε ≤ {eps:.2f}, one customer): ELS pays for its group '
+      'accounting as k grows, ULS does not',
+      (f, 'user_level_comparison.md'))]
+
+
 def row_llama_cpp_check(results: Results) -> list[Row]:
   """dpjax's GGUF exports in real llama.cpp (llama_cpp_check.json)."""
   f = 'llama_cpp_check.json'
@@ -846,6 +872,7 @@ RENDERERS: list[Callable[[Results], list[Row]]] = [
     row_export_dtypes,
     row_llama_cpp_check,
     row_user_level_step_benchmark,
+    row_user_level_comparison,
 ]
 # Other generated README blocks: (begin marker, end marker, renderer).
 BLOCKS = (('<!-- export-dtypes:begin -->', '<!-- export-dtypes:end -->',
