@@ -56,6 +56,15 @@ def _overflow_probability(plan, sampler) -> float | None:
   return float(stats.binom.sf(sampler.max_batch_size, plan.dataset_size, q))
 
 
+def _n_label(plan) -> str:
+  """What N counts: 'dataset size', or the users / capped records."""
+  if getattr(plan, 'unit_kind', 'record') != 'user':
+    return 'dataset size'
+  if plan.user_sampling == 'uls':
+    return 'number of users'
+  return f'number of records kept (at most {plan.records_per_user} per user)'
+
+
 def _unit_fields(plan, clip_ord: int) -> dict[str, Any]:
   """What the batch, N and the clipping count for a user-level run."""
   if getattr(plan, 'unit_kind', 'record') != 'user':
@@ -127,7 +136,7 @@ def threat_model(plan, *, randomness: dict[str, Any] | None = None,
       'their epsilons compose; this report covers one run.',
       'Held-out evaluation data is treated as public: held-out losses and '
       'accuracies are released without noise.',
-      f'The dataset size N = {plan.dataset_size} (after packing and '
+      f'The {_n_label(plan)} N = {plan.dataset_size} (after packing and '
       'filtering) sets q and sigma and is printed, so it is treated as '
       'public.',
       'Canary exposure and any statistic of private batches logged with '
@@ -218,7 +227,7 @@ def build_report(plan, ledger, sampler, final: dict[str, Any],
           'computed on private batches and are NOT privatized: they are '
           'logged only with train.log_nonprivate_stats=True, and are then '
           'not covered by epsilon.',
-          f'The dataset size N = {plan.dataset_size} (after packing and '
+          f'The {_n_label(plan)} N = {plan.dataset_size} (after packing and '
           'filtering) sets q and sigma and is printed here, so it is treated '
           'as public. Make it public by fixing N from public information '
           '(e.g. data.max_train_records below the true count, or padding or '

@@ -234,6 +234,7 @@ def test_trainer_runs_user_level_and_reports_the_unit(mode, tmp_path,
       {'uls': 'user (ULS', 'els': 'record (ELS'}[mode])
   if mode == 'uls':
     assert report['mechanism']['clipping'].startswith('flat per-user L2')
+    assert 'The number of users N = 64' in json.dumps(report)
   assert np.isfinite(out['final']['eval_loss'])
   plan = out['plan']
   if mode == 'uls':
