@@ -110,7 +110,42 @@ def _check_users(users: Sequence[np.ndarray]) -> list[np.ndarray]:
   return users
 
 
-class UserSampler:
+class _OverPoisson:
+  """A sampler built on one `sampling.PoissonSampler` (`self._inner`), whose
+  rate, sizes, counters and state it exposes; `unit` tags the state."""
+
+  kind = 'poisson'
+  unit = ''
+
+  def _wrap(self, inner: sampling.PoissonSampler) -> None:
+    self._inner = inner
+    self.dataset_size = inner.dataset_size
+    self.expected_batch_size = inner.expected_batch_size
+    self.max_batch_size = inner.max_batch_size
+    self.q = inner.q
+
+  @property
+  def steps_drawn(self) -> int:
+    return self._inner.steps_drawn
+
+  @property
+  def overflows(self) -> int:
+    return self._inner.overflows
+
+  def overflow_probability(self) -> float:
+    return self._inner.overflow_probability()
+
+  def get_state(self) -> dict[str, Any]:
+    return dict(self._inner.get_state(), unit=self.unit)
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    if state.get('unit') != self.unit:
+      raise ValueError(f'sampler state is not a {self.unit!r} sampler '
+                       f'state (got unit {state.get("unit")!r})')
+    self._inner.set_state({k: v for k, v in state.items() if k != 'unit'})
+
+
+class UserSampler(_OverPoisson):
   """ULS: Poisson over users; up to k of a sampled user's records per step.
 
   `draw()` returns `(indices [B_max', k], mask [B_max'])`: record indices
@@ -120,7 +155,7 @@ class UserSampler:
   is processed in chunks, never truncated.
   """
 
-  kind = 'poisson'
+  unit = 'user'
 
   def __init__(self, users: Sequence[np.ndarray], records_per_user: int,
                expected_batch_size: float, max_batch_size: int, seed):
@@ -129,29 +164,13 @@ class UserSampler:
       raise ValueError(f'records_per_user must be >= 1, got '
                        f'{records_per_user}')
     self.k = int(records_per_user)
-    self._users = sampling.PoissonSampler(len(self.users),
-                                          expected_batch_size,
-                                          max_batch_size, seed)
-    self.dataset_size = self._users.dataset_size
-    self.expected_batch_size = self._users.expected_batch_size
-    self.max_batch_size = self._users.max_batch_size
-    self.q = self._users.q
-
-  @property
-  def steps_drawn(self) -> int:
-    return self._users.steps_drawn
-
-  @property
-  def overflows(self) -> int:
-    return self._users.overflows
-
-  def overflow_probability(self) -> float:
-    return self._users.overflow_probability()
+    self._wrap(sampling.PoissonSampler(len(self.users), expected_batch_size,
+                                       max_batch_size, seed))
 
   def draw(self, expected_batch_size: float | None = None
            ) -> tuple[np.ndarray, np.ndarray]:
-    user_idx, mask = self._users.draw(expected_batch_size)
-    rng = self._users._rng  # pylint: disable=protected-access
+    user_idx, mask = self._inner.draw(expected_batch_size)
+    rng = self._inner._rng  # pylint: disable=protected-access
     out = np.full((user_idx.shape[0], self.k), -1, np.int64)
     for row in np.flatnonzero(mask):
       records = self.users[user_idx[row]]
@@ -159,14 +178,6 @@ class UserSampler:
         records = np.sort(rng.choice(records, size=self.k, replace=False))
       out[row, :records.size] = records
     return out, mask
-
-  def get_state(self) -> dict[str, Any]:
-    return dict(self._users.get_state(), unit='user')
-
-  def set_state(self, state: dict[str, Any]) -> None:
-    if state.get('unit') != 'user':
-      raise ValueError('sampler state is not a user-level sampler state')
-    self._users.set_state({k: v for k, v in state.items() if k != 'unit'})
 
 
 def els_pool(users: Sequence[np.ndarray], k: int, seed) -> np.ndarray:
@@ -188,48 +199,24 @@ def els_pool_size(users: Sequence[np.ndarray], k: int) -> int:
   return int(sum(min(len(u), k) for u in users))
 
 
-class ElsSampler:
+class ElsSampler(_OverPoisson):
   """ELS: Poisson sampling of records from a pool of <= k records per user.
 
   Draws `(record indices [B_max'], mask)` of the training set, like
   `sampling.PoissonSampler` over the pool.
   """
 
-  kind = 'poisson'
+  unit = 'els'
 
   def __init__(self, users: Sequence[np.ndarray], records_per_user: int,
                expected_batch_size: float, max_batch_size: int,
                seed: np.random.SeedSequence):
     pool_seed, sampler_seed = seed.spawn(2)
     self.pool = els_pool(users, records_per_user, pool_seed)
-    self._records = sampling.PoissonSampler(len(self.pool),
-                                            expected_batch_size,
-                                            max_batch_size, sampler_seed)
-    self.dataset_size = self._records.dataset_size
-    self.expected_batch_size = self._records.expected_batch_size
-    self.max_batch_size = self._records.max_batch_size
-    self.q = self._records.q
-
-  @property
-  def steps_drawn(self) -> int:
-    return self._records.steps_drawn
-
-  @property
-  def overflows(self) -> int:
-    return self._records.overflows
-
-  def overflow_probability(self) -> float:
-    return self._records.overflow_probability()
+    self._wrap(sampling.PoissonSampler(len(self.pool), expected_batch_size,
+                                       max_batch_size, sampler_seed))
 
   def draw(self, expected_batch_size: float | None = None
            ) -> tuple[np.ndarray, np.ndarray]:
-    idx, mask = self._records.draw(expected_batch_size)
+    idx, mask = self._inner.draw(expected_batch_size)
     return self.pool[idx], mask
-
-  def get_state(self) -> dict[str, Any]:
-    return dict(self._records.get_state(), unit='els')
-
-  def set_state(self, state: dict[str, Any]) -> None:
-    if state.get('unit') != 'els':
-      raise ValueError('sampler state is not an ELS sampler state')
-    self._records.set_state({k: v for k, v in state.items() if k != 'unit'})

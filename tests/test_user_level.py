@@ -135,6 +135,14 @@ def test_els_pool_and_sampler_keep_at_most_k_records_per_user():
   for _ in range(50):
     idx, mask = sampler.draw()
     assert set(idx[mask]) <= set(sampler.pool)
+  state = sampler.get_state()
+  a = sampler.draw()
+  sampler.set_state(state)
+  np.testing.assert_array_equal(sampler.draw()[0], a[0])
+  assert sampler.steps_drawn == 51
+  uls = user_level.UserSampler(USERS, 2, 3, 8, 1)
+  with pytest.raises(ValueError, match="not a 'user' sampler state"):
+    uls.set_state(state)
 
 
 def _config(mode, k=4, **dp):
