@@ -58,6 +58,7 @@ _T_RGP = 'tests/test_rgp_step.py'
 _T_GROUPS = 'tests/test_microbatch_groups.py'
 _T_SAMPLING = 'tests/test_sampling.py'
 _T_SCHED = 'tests/test_batch_schedule.py'
+_T_USER = 'tests/test_user_level.py'
 _T_SECRETS = 'tests/test_train_secrets.py'
 _T_RAND = 'tests/test_randomness.py'
 _T_REPORTING = 'tests/test_reporting.py'
@@ -200,10 +201,8 @@ MUTATIONS = [
        'noise), a leak outside the accounted mechanism',
        [AN_SCHED, _T_TRAIN + '::test_one_device_equals_eight_devices']),
     _m('dropout_slot_keyed', 'dpjax/steps.py',
-       'return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(\n'
-       '      record_ids.astype(jnp.uint32))',
-       'return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(\n'
-       '      jnp.arange(record_ids.shape[0], dtype=jnp.uint32))',
+       'flat = record_ids.reshape(-1).astype(jnp.uint32)',
+       'flat = jnp.arange(record_ids.size, dtype=jnp.uint32)',
        'wrong_sensitivity', 'per-record dropout keys by batch slot: removing '
        'a record changes the other records\' gradients',
        [_T_RAND + '::test_record_keys_depend_on_the_record_not_the_slot',
@@ -421,18 +420,18 @@ MUTATIONS = [
     # ----------------------------------------------------------------------
     # Ledger recording (privacy_plan.record_step, train.py) and the plan.
     _m('ledger_records_sigma_x1.1', 'dpjax/privacy_plan.py',
-       'ledger.record(self.q_at(step), self.noise_multiplier)',
-       'ledger.record(self.q_at(step), 1.1 * self.noise_multiplier)',
+       'ledger.record(q, z)',
+       'ledger.record(q, 1.1 * z)',
        'wrong_accounting', 'the ledger records 1.1 sigma',
        [_RAMP_RUN, AN_FULL]),
     _m('ledger_records_half_q', 'dpjax/privacy_plan.py',
-       'ledger.record(self.q_at(step), self.noise_multiplier)',
-       'ledger.record(self.q_at(step) / 2, self.noise_multiplier)',
+       'ledger.record(q, z)',
+       'ledger.record(q / 2, z)',
        'wrong_accounting', 'the ledger records q/2',
        [_RAMP_RUN, AN_FULL]),
     _m('ledger_skips_steps', 'dpjax/privacy_plan.py',
-       '    if self.enabled:\n      ledger.record(',
-       '    if self.enabled and step % 2:\n      ledger.record(',
+       '    if self.enabled:\n      q, z = self.q_at(step)',
+       '    if self.enabled and step % 2:\n      q, z = self.q_at(step)',
        'wrong_count', 'the ledger records every other step',
        [_RAMP_RUN, _DEBUG_RUN]),
     _m('resume_forgets_ledger', 'dpjax/train.py',
@@ -463,11 +462,31 @@ MUTATIONS = [
        'replace-one has 2C: the run misses its target epsilon',
        [_SHUFFLE_RUN]),
     _m('plan_schedule_calibrated_at_half_q', 'dpjax/privacy_plan.py',
-       'rates=[b / dataset_size for b in sizes]',
-       'rates=[b / dataset_size / 2 for b in sizes]',
+       'rates=[rate(b / dataset_size) for b in sizes]',
+       'rates=[rate(b / dataset_size / 2) for b in sizes]',
        'wrong_rate', 'the schedule\'s sigma is calibrated for q_t/2: the run '
        'misses its target epsilon',
        [_RAMP_RUN]),
+    _m('els_rate_is_record_rate', 'dpjax/user_level.py',
+       'return float(-math.expm1(group_size * math.log1p(-q))) if q < 1 '
+       'else 1.0',
+       'return float(q)',
+       'wrong_rate', 'ELS steps recorded at the record rate q instead of '
+       'the user-level rate 1 - (1 - q)^k',
+       [_T_USER + '::test_els_ledger_records_the_user_level_mechanism']),
+    _m('els_sigma_not_divided_by_k', 'dpjax/privacy_plan.py',
+       'q, z = user_level.els_rate(q, self.group_size), z / self.group_size',
+       'q, z = user_level.els_rate(q, self.group_size), z',
+       'wrong_sensitivity', 'ELS steps recorded at multiplier z, as if a '
+       'user moved the sum by C rather than k C',
+       [_T_USER + '::test_els_ledger_records_the_user_level_mechanism']),
+    _m('uls_user_count_off_by_k', 'dpjax/run_setup.py',
+       "  if config.dp.user_sampling == 'uls':\n    return len(users)",
+       "  if config.dp.user_sampling == 'uls':\n    return sum(len(u) for u "
+       'in users)',
+       'wrong_rate', 'ULS sampling rate computed over records instead of '
+       'users (q too small)',
+       [_T_USER + '::test_trainer_runs_user_level_and_reports_the_unit']),
     _m('plan_calibrated_for_half_steps', 'dpjax/privacy_plan.py',
        'steps=config.train.steps, neighbouring=neighbouring)',
        'steps=max(1, config.train.steps // 2), neighbouring=neighbouring)',
