@@ -337,7 +337,7 @@ def validate_against_data(config, dataset_size: int, *, unit: str = 'records',
          f'at most the number of training {unit} ({dataset_size})')
   if config.dp.enabled:
     n = n_privacy_units or dataset_size
-    kind = 'users' if config.data.get('user_field', '') else 'records'
+    kind = 'users' if n_privacy_units is not None else unit
     delta = config.dp.delta
     _check(delta < 1.0 / n, 'dp.delta', delta,
            f'below 1/N = {1.0 / n:.3g} for N = {n} {kind} (a larger delta '

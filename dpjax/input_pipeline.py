@@ -231,9 +231,10 @@ def build_files(data_config, tokenizer, seed: int) -> Datasets:
   users = None
   if fields.user:
     users = user_files.user_index(train.users)
-    logging.info('%s: %d users (%s) in the training set, %d to %d records '
-                 'each', path, len(users), fields.user,
-                 min(map(len, users)), max(map(len, users)))
+    # N (users) is treated as public, like every dataset size; how many
+    # records one user holds is not, so it is never logged.
+    logging.info('%s: %d users (%s) in the training set', path, len(users),
+                 fields.user)
     unit = f'one user ({fields.user}) of {path}'
   else:
     unit = (f'one record of {path} (one line / row / file), truncated to '

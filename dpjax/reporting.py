@@ -142,6 +142,10 @@ def threat_model(plan, *, randomness: dict[str, Any] | None = None,
       'Canary exposure and any statistic of private batches logged with '
       'train.log_nonprivate_stats=True are computed with private data and '
       'released without noise.',
+      'Data-validation counts of data.corpus=\'files\' (records read, blank '
+      'lines skipped, records truncated, users in both data files) are '
+      'logged to the console for the data owner without noise; they never '
+      'reach metrics.jsonl, this report, checkpoints or exports.',
   ]
   seed = ('The insecure fixed seed mode (dp.insecure_fixed_randomness_seed '
           '>= 0): the guarantee then holds only against parties who do not '

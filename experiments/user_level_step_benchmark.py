@@ -67,7 +67,6 @@ one run mean anything: this machine's speed drifts 2-5x within minutes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -349,16 +348,7 @@ def main():
       'wall_seconds': None,
   }
   result['target'] = target(rat)
-  result['wall_seconds'] = time.perf_counter() - t0
-  result['setup']['load_average_at_end'] = [round(x, 2)
-                                            for x in os.getloadavg()]
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, 'w') as f:
-    json.dump(result, f, indent=2)
-  md = markdown(result)
-  with open(os.path.splitext(args.out)[0] + '.md', 'w') as f:
-    f.write(md)
-  print(md, flush=True)
+  step_benchmark.write_result(result, args.out, markdown, t0)
 
 
 if __name__ == '__main__':

@@ -96,7 +96,8 @@ def test_threat_model_in_text_and_json():
   gaps = '\n'.join(tm['does_not_cover'])
   for phrase in ('recompiles', 'Floating-point', 'workdir/secret/',
                  'epsilons compose', 'Held-out evaluation data is treated as '
-                 'public', f'N = {N}', 'insecure fixed seed'):
+                 'public', f'N = {N}', 'insecure fixed seed',
+                 'Data-validation counts'):
     assert phrase in gaps, phrase
   # The padding channel is named only when that option is on.
   assert 'skip_padding_microbatches' not in gaps
