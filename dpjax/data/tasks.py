@@ -35,7 +35,7 @@ def _render_jinja(template: str, prompt: str, response: str,
   """(prompt text, response text) from a Jinja chat template."""
   try:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
-  except ImportError as e:  # pragma: no cover - jinja2 ships with transformers
+  except ImportError as e:  # pragma: no cover - jinja2 is a dependency (setup.cfg)
     raise ImportError(
         'a Jinja chat template needs jinja2: pip install jinja2') from e
 
