@@ -172,7 +172,9 @@ def get_config():
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1                # Devices on the batch axis (-1: all left).
   config.mesh.model = 1                # Devices on the parameter axis.
-  config.sharding_rules = ()           # ((regex over param path, ('model', None)), ...)
+  config.mesh.param_sharding = 'replicated'  # replicated | fsdp (params + optimizer state over 'data'; docs/scaling.md)
+  config.mesh.fsdp_min_size = 1024     # fsdp: leaves with fewer elements stay replicated.
+  config.sharding_rules = ()           # ((regex over param path, ('model', None)), ...): win over param_sharding
 
   # ---- Outputs ----
   config.export = ml_collections.ConfigDict()

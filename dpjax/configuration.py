@@ -203,6 +203,12 @@ def validate(config) -> None:
     v = _get(config, f'mesh.{axis}')
     _check(isinstance(v, int) and (v == -1 or v >= 1), f'mesh.{axis}', v,
            '-1 (all remaining devices) or a positive integer')
+  v = _get(config, 'mesh.param_sharding')
+  _check(v in ('replicated', 'fsdp'), 'mesh.param_sharding', v,
+         "'replicated' or 'fsdp'")
+  v = _get(config, 'mesh.fsdp_min_size')
+  _check(isinstance(v, int) and v >= 1, 'mesh.fsdp_min_size', v,
+         'a positive integer (elements)')
   for fmt in _get(config, 'export.formats'):
     _check(fmt in ('hf', 'gguf'), 'export.formats', fmt, "'hf' or 'gguf'")
   v = _get(config, 'export.gguf_dtype')

@@ -231,10 +231,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32),
                                trainable=model.trainable,
                                opt_state=tx.init(model.trainable))
-  rules = tuple(tuple(r) for r in config.sharding_rules)
-  state = jax.device_put(state, sharding.param_shardings(state, mesh, rules))
+  state = jax.device_put(state, sharding.config_shardings(state, mesh, config))
   frozen = jax.device_put(model.frozen,
-                          sharding.param_shardings(model.frozen, mesh, rules))
+                          sharding.config_shardings(model.frozen, mesh, config))
 
   fingerprint = _fingerprint(plan, config, data_digest(data.train))
   if start:

@@ -183,10 +183,9 @@ def placed_step(config, model, stages: optimizers.DPStages, plan,
                                trainable=model.trainable,
                                opt_state=optimizers.chain(stages).init(
                                    model.trainable))
-  rules = tuple(tuple(r) for r in config.sharding_rules)
-  state = jax.device_put(state, sharding.param_shardings(state, mesh, rules))
+  state = jax.device_put(state, sharding.config_shardings(state, mesh, config))
   frozen = jax.device_put(model.frozen,
-                          sharding.param_shardings(model.frozen, mesh, rules))
+                          sharding.config_shardings(model.frozen, mesh, config))
   step = jax.jit(run_setup.make_step(config, model, stages, plan,
                                      clip_norm_fn, run_setup.rgp_key(config)))
   dropout_key = jax.device_put(secret.dropout_key(),
