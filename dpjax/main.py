@@ -2,6 +2,10 @@
 
 Intentionally short; the logic lives in `dpjax.train`. Any config field can
 be overridden on the command line, e.g. `--config.train.steps=20`.
+
+Many processes (docs/scaling.md): `--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I` on each (jax.distributed's names); with
+none of them, a Cloud TPU VM or a SLURM job with several tasks is detected.
 """
 
 import sys
@@ -16,12 +20,29 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, '
                     'the privacy report and plots.')
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.',
                                 lock_config=True)
+flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 '
+                    '(many processes; jax.distributed.initialize).')
+flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
+flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes-1.')
+flags.DEFINE_integer('initialization_timeout', 300, 'Seconds to wait for all '
+                     'processes to join.')
+flags.DEFINE_integer('heartbeat_timeout_seconds', 100, 'Seconds without a '
+                     "peer's heartbeat before the run stops.")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from dpjax import distributed  # pylint: disable=g-import-not-at-top
+  try:  # before anything touches a JAX backend
+    distributed.initialize(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+        initialization_timeout=FLAGS.initialization_timeout,
+        heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
+  except ValueError as e:
+    print(f'dpjax: invalid command line: {e}', file=sys.stderr)
+    sys.exit(2)
   from dpjax import configuration  # pylint: disable=g-import-not-at-top
   from dpjax import train  # pylint: disable=g-import-not-at-top
   try:

@@ -22,6 +22,20 @@ from typing import Any
 from absl import logging
 
 
+class NullWriter:
+  """What processes other than 0 hold in place of the writer and progress
+  line: process 0 alone writes a many-process run's files."""
+
+  def write(self, *unused_args, **unused_kwargs) -> None:
+    pass
+
+  def line(self, *unused_args, **unused_kwargs) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
 class MetricsWriter:
   """Appends one JSON object per line to `path`."""
 

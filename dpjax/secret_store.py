@@ -54,9 +54,9 @@ def split_keys(tree) -> tuple[Any, list[dict[str, Any]]]:
       data = np.asarray(jax.device_get(jax.random.key_data(x)))
       secret.append({'impl': impl, 'shape': list(data.shape),
                      'data': data.astype(np.uint32).ravel().tolist()})
-      zeros = jax.random.wrap_key_data(jnp.zeros(data.shape, jnp.uint32),
-                                       impl=impl)
-      public.append(jax.device_put(zeros, x.sharding))
+      public.append(jax.random.wrap_key_data(
+          jax.device_put(np.zeros(data.shape, np.uint32), x.sharding),
+          impl=impl))
     else:
       public.append(x)
   return jax.tree.unflatten(treedef, public), secret
@@ -75,8 +75,9 @@ def merge_keys(tree, secret: list[dict[str, Any]]):
         raise ValueError('the secret state holds fewer keys than the '
                          'training state needs') from e
       data = np.asarray(s['data'], np.uint32).reshape(s['shape'])
-      key = jax.random.wrap_key_data(jnp.asarray(data), impl=s['impl'])
-      out.append(jax.device_put(key, x.sharding))
+      # NumPy in: device_put onto a multi-process sharding takes host data.
+      out.append(jax.random.wrap_key_data(jax.device_put(data, x.sharding),
+                                          impl=s['impl']))
     else:
       out.append(x)
   if next(it, None) is not None:

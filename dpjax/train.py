@@ -30,6 +30,7 @@ import numpy as np
 
 from dpjax import checkpointing
 from dpjax import configuration
+from dpjax import distributed
 from dpjax import metrics as metrics_lib
 from dpjax import model_setup
 from dpjax import optimizers
@@ -127,6 +128,15 @@ def draw_batch(sampler, plan: PrivacyPlan, step: int):
   return sampler.draw()
 
 
+def place_batch(arrays, batch_sh):
+  """Global arrays from host arrays holding every row: each process
+  materialises only the rows its devices hold (`distributed.local_rows`)."""
+  rows = next(iter(jax.tree.leaves(arrays))).shape[0]
+  mine = distributed.local_rows(batch_sh, rows)
+  return distributed.global_batch(jax.tree.map(lambda a: a[mine], arrays),
+                                  batch_sh, rows)
+
+
 def evaluate(eval_fn, params_full, heldout: dict[str, np.ndarray],
              batch_size: int, batch_sh) -> tuple[float, float]:
   """(mean held-out loss, accuracy) per counted token or example."""
@@ -138,7 +148,7 @@ def evaluate(eval_fn, params_full, heldout: dict[str, np.ndarray],
     if pad:
       chunk = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
                for k, v in chunk.items()}
-    chunk = jax.device_put(chunk, batch_sh)
+    chunk = place_batch(chunk, batch_sh)
     s, c, k = eval_fn(params_full, chunk)
     total += float(s)
     count += float(c)
@@ -188,8 +198,35 @@ def epsilon_record(plan: PrivacyPlan, ledger, accountant,
   return rec
 
 
+def _secret_digest(keys, sampler_state) -> str:
+  """SHA-256 of the secret state: processes compare it (never write it) to
+  prove they drew the same batches and noise."""
+  return hashlib.sha256(json.dumps([keys, sampler_state], sort_keys=True,
+                                   default=str).encode()).hexdigest()
+
+
 def _resume_secret(config, store, start: int, total: int):
-  """(SecretRandomness, secret payload or None) for a run at `start`."""
+  """(SecretRandomness, secret payload or None) for a run at `start`:
+  process 0's, on every process (its material is the run's; only it reads
+  the secret store)."""
+  if distributed.process_count() == 1:
+    return _resume_secret_local(config, store, start, total)
+  packed = None
+  if distributed.is_main():
+    secret, payload = _resume_secret_local(config, store, start, total)
+    packed = {'material': secret.to_bytes().hex(), 'payload': payload and dict(
+        payload, material=payload['material'].hex())}
+  packed = distributed.broadcast_json(packed)
+  seed = int(config.dp.insecure_fixed_randomness_seed)
+  payload = packed['payload']
+  if payload:
+    payload['material'] = bytes.fromhex(payload['material'])
+  return randomness.SecretRandomness(
+      bytes.fromhex(packed['material']),
+      seed if seed >= 0 else None), payload
+
+
+def _resume_secret_local(config, store, start: int, total: int):
   configured = randomness.SecretRandomness.from_config(config.dp)
   if not start:
     return configured, None
@@ -209,8 +246,11 @@ def _resume_secret(config, store, start: int, total: int):
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) one DP training run; returns the final summary."""
   model, data, plan, mesh = run_setup.build_inputs(config)  # validates first
-  os.makedirs(workdir, exist_ok=True)
-  save_config(config, workdir)
+  main = distributed.is_main()  # process 0 writes the run's files
+  distributed.log_layout()
+  if main:
+    os.makedirs(workdir, exist_ok=True)
+    save_config(config, workdir)
   total_steps = config.train.steps
 
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
@@ -221,6 +261,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   sampler = _make_sampler(config, plan, secret.sampler_seed(),
                           run_setup.data_users(data))
   ledger = plan.new_ledger(plan.unit(data.unit))
+  digest = data_digest(data.train)
+  distributed.assert_same(digest, 'the training data (SHA-256)')
 
   batch_sh = sharding.batch_sharding(mesh)
   repl = sharding.replicated(mesh)
@@ -231,11 +273,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32),
                                trainable=model.trainable,
                                opt_state=tx.init(model.trainable))
-  state = jax.device_put(state, sharding.config_shardings(state, mesh, config))
-  frozen = jax.device_put(model.frozen,
-                          sharding.config_shardings(model.frozen, mesh, config))
+  state = distributed.replicate(
+      state, sharding.config_shardings(state, mesh, config))
+  frozen = distributed.replicate(
+      model.frozen, sharding.config_shardings(model.frozen, mesh, config))
 
-  fingerprint = _fingerprint(plan, config, data_digest(data.train))
+  fingerprint = _fingerprint(plan, config, digest)
   if start:
     fresh_keys = secret_store.split_keys(state)[1]
     state, meta = ckpt.restore(start, state)
@@ -261,10 +304,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   for w in warnings:
     logging.warning('%s', w)
 
-  writer = metrics_lib.MetricsWriter(os.path.join(workdir, 'metrics.jsonl'),
-                                     resume_step=start)
-  progress = metrics_lib.Progress(total_steps, start)
-  dropout_key = jax.device_put(secret.dropout_key(), repl)
+  if main:
+    writer = metrics_lib.MetricsWriter(
+        os.path.join(workdir, 'metrics.jsonl'), resume_step=start)
+    progress = metrics_lib.Progress(total_steps, start)
+  else:
+    writer = progress = metrics_lib.NullWriter()
+  dropout_key = distributed.replicate(secret.dropout_key(), repl)
   last_eval = {'eval_loss': math.nan, 'step': -1}
 
   def run_eval(step):
@@ -279,10 +325,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     logging.info('Initial held-out loss %.4f', first['eval_loss'])
 
   for step in range(start + 1, total_steps + 1):
-    idx, mask = draw_batch(sampler, plan, step)
-    batch = user_level.gather_batch(data.train, idx)
-    batch, mask_d, ids = jax.device_put(
-        (batch, mask.astype(np.float32), idx.astype(np.int32)), batch_sh)
+    idx, mask = draw_batch(sampler, plan, step)  # the global draw
+    mine = distributed.local_rows(batch_sh, idx.shape[0])
+    batch = user_level.gather_batch(data.train, idx[mine])  # this host's rows
+    batch, mask_d, ids = distributed.global_batch(
+        (batch, mask[mine].astype(np.float32), idx[mine].astype(np.int32)),
+        batch_sh, idx.shape[0])
     state, m = train_step(state, frozen, batch, mask_d, dropout_key, ids)
     plan.record_step(ledger, step)
     if step % config.train.log_every == 0 or step == total_steps:
@@ -297,7 +345,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       if not plan.enabled and not np.isfinite(m['train_loss']):
         raise FloatingPointError(f'non-finite training loss at step {step}')
       logged = dict(m) if show_private else {'clip_norm': m['clip_norm']}
-      eps_rec = epsilon_record(plan, ledger, accountant, warnings)
+      eps_rec = (epsilon_record(plan, ledger, accountant, warnings) if main
+                 else {})
       writer.write(step, dict(logged, **eps_rec))
       progress.line(step, float(m['train_loss'] if show_private
                                 else last_eval['eval_loss']), eps_rec,
@@ -307,19 +356,25 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       run_eval(step)
     if step % config.train.checkpoint_every == 0 or step == total_steps:
       public_state, keys = secret_store.split_keys(state)
+      distributed.assert_same(_secret_digest(keys, sampler.get_state()),
+                              'the secret state (noise keys, sampler)')
       # Secrets first: every public checkpoint then has its secret state.
-      store.save(step, material=secret.to_bytes(), keys=keys,
-                 sampler_state=sampler.get_state())
+      if main:
+        store.save(step, material=secret.to_bytes(), keys=keys,
+                   sampler_state=sampler.get_state())
+      distributed.barrier(f'secrets-{step}')
       ckpt.save(step, public_state, {
           'fingerprint': fingerprint, 'ledger': ledger.to_dict(),
           'plan': dataclasses.asdict(plan),
           'randomness': secret.describe()})
   ckpt.wait()
+  distributed.barrier('trained')
   if config.dp.keep_secret_state:
     secret_state = (f'kept in {store.directory} (owner-only); delete it '
                     'before sharing the work directory')
   else:
-    store.delete()
+    if main:
+      store.delete()
     secret_state = 'deleted when the run completed'
 
   if last_eval['step'] == total_steps:  # the loop evaluated the final state
@@ -327,6 +382,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   else:  # resumed an already finished run
     final = evaluate_both(model, state, frozen, data, config, eval_fn,
                           batch_sh)
+  # Host copies (gathered over all processes, so every process calls this).
+  frozen_host = (distributed.to_host(frozen)
+                 if config.export.formats or data.canaries else None)
+  ema_host = (distributed.to_host(steps_lib.ema_trainable(state))
+              if config.export.formats else None)
+  raw_host = (distributed.to_host(state.trainable) if data.canaries
+              else None)
+  ckpt.close()
+  result = {'state': state, 'frozen': frozen, 'report': None, 'final': final,
+            'plan': plan, 'ledger': ledger}
+  if not main:  # process 0 writes the report, plot and exports
+    return result
   recs = metrics_lib.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
   initial = next((r for r in recs if r['step'] == 0 and 'eval_loss' in r),
                  {})
@@ -335,7 +402,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if data.canaries:
     from dpjax import memorization  # pylint: disable=g-import-not-at-top
     final['canary_exposure'] = memorization.canary_exposures(
-        model.module, jax.device_get(model.combine(state.trainable, frozen)),
+        model.module, jax.device_get(model.combine(raw_host, frozen_host)),
         data.tokenizer, data.canaries,
         n_samples=config.data.exposure_samples, seed=config.seed)
   accountants, extra_rows = config.dp.report_accountants, None
@@ -347,14 +414,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       randomness=dict(secret.describe(), secret_state=secret_state),
       skip_padding_microbatches=config.train.skip_padding_microbatches)
   writer.close()
-  ckpt.close()
   if config.plot:
     metrics_lib.plot_run(os.path.join(workdir, 'metrics.jsonl'),
                          os.path.join(workdir, 'training.png'))
-  model_setup.export(config, model, steps_lib.ema_trainable(state), frozen,
-                     workdir)
-  return {'state': state, 'frozen': frozen, 'report': report, 'final': final,
-          'plan': plan, 'ledger': ledger}
+  model_setup.export(config, model, ema_host, frozen_host, workdir)
+  return dict(result, report=report)
 
 
 def _lmo_report(plan: PrivacyPlan, ledger):
