@@ -650,6 +650,16 @@ MUTATIONS = [
        'wrong_accounting', 'LMO RDP -> (eps, delta) conversion at 10 delta',
        [_T_LMO, IR_LMO, IR_LMO_SCHED]),
     # ----------------------------------------------------------------------
+    # Many processes.
+    _m('multihost_own_secret_material', 'dpjax/train.py',
+       "      bytes.fromhex(packed['material']),",
+       '      randomness.SecretRandomness.from_config(config.dp).to_bytes(),',
+       'wrong_sensitivity', "a process draws its own material instead of "
+       "process 0's: hosts draw different batches, so one record can sit in "
+       'two hosts\' slices of the global batch',
+       ['tests/test_distributed.py::test_other_processes_take_process_'
+        'zeros_secret']),
+    # ----------------------------------------------------------------------
     # Reports.
     _m('report_steps_halved', 'dpjax/reporting.py',
        "'steps': ledger.steps,",

@@ -1,5 +1,6 @@
 """dpjax.distributed without a cluster: flags, cluster detection, one process."""
 
+import json
 import os
 import subprocess
 import sys
@@ -63,3 +64,52 @@ def test_main_reports_bad_flags_in_one_line(tmp_path):
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1].startswith(
       'dpjax: invalid command line: --coordinator_address missing')
+
+
+def test_other_processes_take_process_zeros_secret(monkeypatch, tmp_path):
+  """A non-zero process uses the material process 0 broadcast (never its own
+  OS entropy) and process 0's stored secret state on resume."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from dpjax import randomness  # pylint: disable=g-import-not-at-top
+  from dpjax import secret_store  # pylint: disable=g-import-not-at-top
+  from dpjax import train  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(
+      {'dp': {'insecure_fixed_randomness_seed': -1}})
+  zero = randomness.SecretRandomness.from_os_entropy()
+  sent = []
+
+  def fake_broadcast(value):  # what process 0 sent, as JSON travels
+    assert value is None  # a non-zero process contributes nothing
+    return json.loads(json.dumps(sent[-1]))
+
+  store = secret_store.SecretStore(str(tmp_path), keep=2)
+  # Process 0's view, packed as it broadcasts it.
+  monkeypatch.setattr(distributed, 'process_count', lambda: 2)
+  monkeypatch.setattr(distributed, 'is_main', lambda: True)
+  monkeypatch.setattr(distributed, 'broadcast_json',
+                      lambda v: sent.append(v) or json.loads(json.dumps(v)))
+  monkeypatch.setattr(randomness.SecretRandomness, 'from_config',
+                      classmethod(lambda cls, dp: zero))
+  main_secret, _ = train._resume_secret(config, store, 0, 10)
+  assert main_secret.to_bytes() == zero.to_bytes()
+  # Process 1: its own entropy would differ; it must take process 0's.
+  monkeypatch.setattr(distributed, 'is_main', lambda: False)
+  monkeypatch.setattr(distributed, 'broadcast_json', fake_broadcast)
+  monkeypatch.setattr(randomness.SecretRandomness, 'from_config',
+                      classmethod(lambda cls, dp: cls.from_os_entropy()))
+  other, payload = train._resume_secret(config, store, 0, 10)
+  assert other.to_bytes() == zero.to_bytes() and payload is None
+  # Resume: process 0 reads its store; process 1 gets the same payload.
+  store.save(4, material=zero.to_bytes(), keys=[{'impl': 'rbg', 'shape': [4],
+                                                 'data': [1, 2, 3, 4]}],
+             sampler_state={'kind': 'poisson', 'x': 5})
+  monkeypatch.setattr(distributed, 'is_main', lambda: True)
+  monkeypatch.setattr(distributed, 'broadcast_json',
+                      lambda v: sent.append(v) or json.loads(json.dumps(v)))
+  _, p0 = train._resume_secret(config, store, 4, 10)
+  monkeypatch.setattr(distributed, 'is_main', lambda: False)
+  monkeypatch.setattr(distributed, 'broadcast_json', fake_broadcast)
+  s1, p1 = train._resume_secret(config, store, 4, 10)
+  assert s1.to_bytes() == zero.to_bytes()
+  assert p1['keys'] == p0['keys'] and p1['sampler'] == p0['sampler']
+  assert p1['material'] == zero.to_bytes()
