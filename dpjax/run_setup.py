@@ -51,11 +51,13 @@ def build_inputs(config) -> RunInputs:
       model, config.peft.rgp_rank))
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   n_data = mesh.shape['data']
-  if config.train.max_batch_size % n_data:
-    raise configuration.ConfigError(
-        'train.max_batch_size', f'{config.train.max_batch_size} is not '
-        f'divisible by the {n_data} devices on the data axis',
-        f'a multiple of {n_data}')
+  for field, value in (('train.max_batch_size', config.train.max_batch_size),
+                       ('data.eval_batch_size', config.data.eval_batch_size)):
+    if value % n_data:
+      raise configuration.ConfigError(
+          field, f'{value} is not divisible by the {n_data} devices on the '
+          'data axis (every device holds the same number of rows; with many '
+          'processes, every host too)', f'a multiple of {n_data}')
   return RunInputs(model, data, plan, mesh)
 
 

@@ -113,3 +113,15 @@ def test_other_processes_take_process_zeros_secret(monkeypatch, tmp_path):
   assert s1.to_bytes() == zero.to_bytes()
   assert p1['keys'] == p0['keys'] and p1['sampler'] == p0['sampler']
   assert p1['material'] == zero.to_bytes()
+
+
+def test_batch_sizes_must_split_evenly_over_the_data_axis(tmp_path):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu')
+  out = subprocess.run(
+      [sys.executable, '-m', 'dpjax.main', '--config=configs/debug.py',
+       f'--workdir={tmp_path}', '--config.data.eval_batch_size=6'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+  assert out.returncode == 2, out.stderr[-2000:]
+  last = out.stderr.strip().splitlines()[-1]
+  assert 'data.eval_batch_size' in last and 'a multiple of 4' in last, last
