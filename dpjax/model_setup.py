@@ -9,6 +9,17 @@ random init and for loaded checkpoints alike (a checkpoint's own rates, e.g.
 BERT's 0.1, are replaced; `dpjax.models.dropout_fields` names the fields).
 The per-record loss runs the model with `deterministic=False` and the
 record's key in the rng collection 'dropout' when that rate is > 0.
+
+Mixed precision: `config.model.dtype` (compute) and `config.model.param_dtype`
+(parameters) apply to every family, for random init and for loaded
+checkpoints alike (a checkpoint's own `torch_dtype` is replaced, and its
+weights are cast to `param_dtype`). `dtype='bfloat16'` with
+`param_dtype='float32'` runs forward and backward in bfloat16 on float32
+master weights: Flax casts each kernel to bfloat16 inside the layer, so the
+gradients with respect to the float32 parameters come out float32. The
+losses see float32 logits. Clipping, the clipped sum, its accumulation and
+the noise are float32 whatever these fields say (`dpjax.clipping`,
+`dpjax.noise`).
 """
 
 from __future__ import annotations
@@ -29,6 +40,9 @@ from dpjax.configuration import ConfigError
 
 PyTree = Any
 _NOT_MODEL_FIELDS = ('init', 'path')
+# What `model.dtype` / `model.param_dtype` may name (every family accepts
+# these: `dpjax.models.layers.canonical_dtype`).
+_FLOAT_DTYPES = ('float32', 'bfloat16', 'float16')
 
 
 @dataclasses.dataclass
@@ -45,6 +59,27 @@ class Model:
   rgp_targets: tuple[str, ...] = ()   # peft 'rgp': target kernel paths
 
 
+def _dtypes(config) -> dict[str, str]:
+  """`{'dtype': ..., 'param_dtype': ...}` from `config.model`, validated.
+
+  Raises:
+    ConfigError: on `model.dtype` or `model.param_dtype` when it does not
+      name float32, bfloat16 or float16.
+  """
+  out = {}
+  for field in ('dtype', 'param_dtype'):
+    value = config.model.get(field, 'float32')
+    try:
+      name = jnp.dtype(value).name
+    except TypeError:
+      name = None
+    if name not in _FLOAT_DTYPES:
+      raise ConfigError(f'model.{field}', f'{value!r} is not a supported '
+                        'floating-point dtype', ', '.join(_FLOAT_DTYPES))
+    out[field] = name
+  return out
+
+
 def _family_fields(config) -> dict[str, Any]:
   """`config.model`'s shared fields in the family's own names (random init).
 
@@ -54,6 +89,7 @@ def _family_fields(config) -> dict[str, Any]:
   """
   m = {k: v for k, v in config.model.items()
        if k not in _NOT_MODEL_FIELDS and k != 'family'}
+  m.update(_dtypes(config))
   family = config.model.family
   if family in ('llama', 'qwen2'):
     return m
@@ -64,7 +100,7 @@ def _family_fields(config) -> dict[str, Any]:
                 n_embd=m['hidden_size'], n_layer=m['num_layers'],
                 n_head=m['num_heads'], n_inner=m['intermediate_size'],
                 tie_word_embeddings=bool(m['tie_embeddings']),
-                param_dtype=m['param_dtype'], **drop)
+                param_dtype=m['param_dtype'], dtype=m['dtype'], **drop)
   if family == 'bitnet':
     return dict(vocab_size=m['vocab_size'], hidden_size=m['hidden_size'],
                 intermediate_size=m['intermediate_size'],
@@ -123,8 +159,40 @@ _LOADABLE = {
 }
 
 
+def _dtype_overrides(family: str, model_cfg, dtypes: dict[str, str]
+                     ) -> dict[str, str]:
+  """`config.model`'s dtype fields for a loaded `family` config.
+
+  Every family dpjax ships has both fields; a family config without one
+  can only run in float32.
+
+  Raises:
+    ConfigError: on `model.dtype` (or `model.param_dtype`) when the family's
+      config lacks the field and a dtype other than float32 is asked for.
+  """
+  have = {f.name for f in dataclasses.fields(model_cfg)}
+  for field, value in dtypes.items():
+    if field not in have and value != 'float32':
+      raise ConfigError(f'model.{field}', f'the {family!r} model config has '
+                        f'no {field} field, so {value!r} cannot apply',
+                        "'float32'")
+  return {k: v for k, v in dtypes.items() if k in have}
+
+
+def _cast_params(params, param_dtype: str):
+  """Floating-point leaves as jnp arrays of `param_dtype` (others as is)."""
+  dtype = jnp.dtype(param_dtype)
+
+  def cast(x):
+    x = jnp.asarray(x)
+    return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+  return jax.tree.map(cast, params)
+
+
 def _pretrained(config):
   init, path = config.model.init, resolve_path(config.model.path)
+  dtypes = _dtypes(config)
   if not os.path.exists(path):
     raise ConfigError('model.path', f'{path!r} does not exist (only local '
                       'files and folders work: dpjax never downloads)',
@@ -132,7 +200,10 @@ def _pretrained(config):
   try:
     if init == 'hf':
       from dpjax.models import hf_io  # pylint: disable=g-import-not-at-top
-      family, model_cfg, params, tok = hf_io.load_hf_folder(path)
+      # Converted straight to param_dtype (a bfloat16 checkpoint need not
+      # pass through float32 when param_dtype is bfloat16).
+      family, model_cfg, params, tok = hf_io.load_hf_folder(
+          path, dtype=dtypes['param_dtype'])
     else:
       from dpjax.models import gguf_io  # pylint: disable=g-import-not-at-top
       family, model_cfg, params, tok = gguf_io.load_gguf(path)
@@ -146,11 +217,13 @@ def _pretrained(config):
     raise ConfigError('model.dropout_rate', str(e), 'a number in [0, 1)') from e
   if hasattr(model_cfg, 'remat'):
     overrides['remat'] = config.model.remat
+  # config.model.dtype / param_dtype win over the checkpoint's torch_dtype.
+  overrides.update(_dtype_overrides(family, model_cfg, dtypes))
   model_cfg = dataclasses.replace(model_cfg, **overrides)
   module, model_cfg = models.build_model(
       family, **{k: v for k, v in dataclasses.asdict(model_cfg).items()
                  if k != 'family'})
-  params = jax.tree.map(jnp.asarray, params)
+  params = _cast_params(params, getattr(model_cfg, 'param_dtype', 'float32'))
   return module, model_cfg, params, tok
 
 
