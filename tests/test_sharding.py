@@ -282,3 +282,30 @@ def test_planted_per_shard_noise_is_caught(eight_devices):
   assert r['bug_noise_distinct_shards'] == 0.0  # the bug's signature
   # The step comparison above fails on it by orders of magnitude.
   assert max(_params(r['bug_rel']).values()) > 1e-2, r['bug_rel']
+
+
+def test_scaling_guide_quotes_the_committed_results():
+  """docs/scaling.md's cost-model block renders results/cost_model.json, and
+  its FSDP figures are those of results/fsdp_memory.json."""
+  proc = subprocess.run([sys.executable, os.path.join(
+      ROOT, 'experiments', 'cost_model.py'), '--check_doc'],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+  with open(os.path.join(ROOT, 'experiments', 'results',
+                         'fsdp_memory.json')) as f:
+    rows = json.load(f)['rows']
+  by = {(r['devices_data'], r['param_sharding']): r for r in rows}
+  mib = lambda r: r['memory_per_device']['peak'] / 2 ** 20
+  doc = ' '.join(open(os.path.join(ROOT, 'docs', 'scaling.md')).read().split())
+  ratios = ' / '.join(f"{by[(n, 'fsdp')]['ratio_to_1_device']['state']:.3f}"
+                      for n in (1, 2, 4, 8))
+  assert f'measured {ratios} of' in doc
+  assert (f"{mib(by[(1, 'replicated')]):.0f} → {mib(by[(8, 'fsdp')]):.0f} "
+          f"MiB at 8 devices against {mib(by[(8, 'replicated')]):.0f} MiB "
+          'replicated') in doc
+  with open(os.path.join(ROOT, 'experiments', 'results',
+                         'seed_model_compile.json')) as f:
+    seeds = json.load(f)
+  for name in seeds['setup']['models']:
+    peak = seeds[name]['memory_per_device']['peak'] / 2 ** 30
+    assert f'{peak:.2f} GiB per device' in doc, name
