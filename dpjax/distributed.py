@@ -18,7 +18,8 @@ collectives on CPU, NCCL/ICI on accelerators). dpjax adds four rules:
   of a sharded sum) holds the same draw.
 * **One writer.** Process 0 alone writes metrics, the ledger's report, the
   secret store, plots and exports (`is_main`); orbax writes the checkpoint
-  from all processes (the work directory must be shared: NFS, GCS).
+  from all processes (the work directory must be one shared path: NFS,
+  Lustre, or a bucket mounted with gcsfuse; `gs://` URLs are not supported).
 
 Formal guarantees:
   What is accounted is what runs: the ledger records one Poisson-subsampled

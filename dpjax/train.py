@@ -273,8 +273,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32),
                                trainable=model.trainable,
                                opt_state=tx.init(model.trainable))
-  state = distributed.replicate(
-      state, sharding.config_shardings(state, mesh, config))
+  state_sh = sharding.config_shardings(state, mesh, config)
+  state = distributed.replicate(state, state_sh)
   frozen = distributed.replicate(
       model.frozen, sharding.config_shardings(model.frozen, mesh, config))
 
@@ -297,7 +297,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   train_step = jax.jit(run_setup.make_step(config, model, stages, plan,
                                            clip_norm_fn,
                                            run_setup.rgp_key(config)),
-                       donate_argnums=(0,))
+                       donate_argnums=(0,),
+                       # The state keeps its placement (else XLA may pick
+                       # another layout for small leaves: a recompile).
+                       out_shardings=(state_sh, repl))
   eval_fn = jax.jit(model.eval_fn)
   accountant = plan.accountant_obj() if plan.enabled else None
   warnings = privacy_warnings(config, plan, secret)
