@@ -21,10 +21,12 @@ Per-example gradients of all 2.4B latent weights do not fit 8 at a time
 say whether it used LoRA). Optimizer, EMA, LR rule and clipping as in
 `configs/dp_adam_ac_qwen2_0p5b_gpu.py`.
 
-Integration notes (for the trainer): `dpjax.model_setup` passes the llama
-field names of `config.model` to `build_model`; BitNet's config uses the HF
-names (num_hidden_layers, num_attention_heads, ...), so random init of this
-family needs a name mapping there; 'hf' init does not.
+Sharding: mesh.param_sharding='fsdp' (the frozen 2.7B base weights and the
+LoRA state over the data axis when there are several devices). Compiled for 8
+simulated devices (XLA:CPU analyses, estimates for a GPU/TPU compiler):
+6.22 GiB peak and 68.5 TFLOP per device per step
+(`experiments/results/seed_model_compile.md`); `docs/scaling.md` predicts
+~42 GiB on one device (a prediction). No GPU was lent to measure it.
 """
 
 from configs import default
@@ -40,6 +42,7 @@ def get_config():
       rope_theta=500000.0, rms_norm_eps=1e-5, qkv_bias=False,
       tie_embeddings=False, max_position_embeddings=4096,
       dtype='bfloat16', param_dtype='float32', remat=True)
+  config.mesh.param_sharding = 'fsdp'
   config.peft.update(mode='lora', lora_rank=16, lora_alpha=32.0,
                      lora_targets=r'.*self_attn/(q|k|v|o)_proj.*')
   config.data.update(tokenizer='model', seq_len=128, max_eval_records=512,

@@ -26,8 +26,14 @@ of multiplier z; the paper's non-private percentile rule is
 `--config.dp_adam_ac.nonprivate_percentile_clipping=True` (the report then
 says NOT private).
 
-Not measured here (no GPU in this session): expect roughly B x seq tokens of
-forward+backward per step; fill in the measured loss when run.
+Sharding: mesh.param_sharding='fsdp' shards the parameters and AdamW state
+over the data axis when there are several devices (one device: nothing to
+shard). Compiled for 8 simulated devices (XLA:CPU analyses, estimates for a
+GPU/TPU compiler): 4.51 GiB peak and 22.0 TFLOP per device per step
+(`experiments/results/seed_model_compile.md`); `docs/scaling.md` predicts
+~29 GiB and ~0.7 s/step on one H100 at an assumed 25% utilisation (a
+prediction, not a measurement). No GPU was lent to measure it; fill in the
+measured loss and step time when run.
 """
 
 from configs import default
@@ -68,6 +74,7 @@ def get_config():
       rope_theta=1000000.0, rms_norm_eps=1e-6, qkv_bias=True,
       tie_embeddings=True, max_position_embeddings=32768,
       dtype='bfloat16', param_dtype='float32', remat=True)
+  config.mesh.param_sharding = 'fsdp'
   config.peft.mode = 'full'
   config.data.update(tokenizer='model', seq_len=128, max_eval_records=512,
                      eval_batch_size=64)

@@ -823,6 +823,84 @@ def row_user_level_comparison(results: Results) -> list[Row]:
       (f, 'user_level_comparison.md'))]
 
 
+def row_fsdp_memory(results: Results) -> list[Row]:
+  """Per-device memory, replicated vs FSDP, 1-8 devices (fsdp_memory.json)."""
+  f = 'fsdp_memory.json'
+  d = results.json(f)
+  setup = get(d, f, 'setup')
+  rows = get(d, f, 'rows')
+  mib = 2.0 ** 20
+
+  def at(n, preset):
+    return select(rows, f, devices_data=n, param_sharding=preset)[0]
+  one = num(at(1, 'replicated'), f, 'state_bytes_per_device')
+  ns = [int(n) for n in get(setup, f, 'devices')]
+  state = ', '.join(f'{num(at(n, "fsdp"), f, "state_bytes_per_device") / one:.3f}'
+                    for n in ns)
+  peak = '; '.join(
+      f'n = {n}: {num(at(n, "fsdp"), f, "memory_per_device", "peak") / mib:.0f}'
+      f' vs {num(at(n, "replicated"), f, "memory_per_device", "peak") / mib:.0f}'
+      for n in ns)
+  params = num(at(1, 'replicated'), f, 'trainable_params')
+  return [Row(
+      f'Per-device memory of the DP step (XLA compiled analysis), '
+      f'{params / 1e6:.0f}M-parameter decoder, full fine-tuning, float32, '
+      f'{num(setup, f, "batch"):.0f} × {num(setup, f, "seq"):.0f}, '
+      f'micro-batch {num(setup, f, "microbatch"):.0f}, '
+      f'{", ".join(map(str, ns))} simulated devices',
+      f'parameters + optimizer state per device with mesh.param_sharding='
+      f"'fsdp': {state} of one device's; peak MiB per device, FSDP vs "
+      f'replicated: {peak}',
+      (f, 'fsdp_memory.md'))]
+
+
+def row_seed_model_compile(results: Results) -> list[Row]:
+  """The seeds' full-size steps on 8 devices (seed_model_compile.json)."""
+  f = 'seed_model_compile.json'
+  d = results.json(f)
+  gib = 2.0 ** 30
+  parts = []
+  for key, name in (('qwen2', 'Qwen2.5-0.5B'), ('bitnet', 'BitNet b1.58 2B')):
+    r = get(d, f, key)
+    st = get(r, f, 'settings')
+    parts.append(
+        f'{name} ({get(st, f, "peft")}): peak '
+        f'{num(r, f, "memory_per_device", "peak") / gib:.2f} GiB, '
+        f'{num(r, f, "flops_step_per_device") / 1e12:.1f} TFLOP per device '
+        f'per step')
+  st = get(get(d, f, 'qwen2'), f, 'settings')
+  return [Row(
+      f"The seeds' DP-Adam-AC steps at full size, compiled for 8 simulated "
+      f"devices with mesh.param_sharding='fsdp', bfloat16 compute, float32 "
+      f'master weights (B_max {num(st, f, "max_batch_size"):.0f} × '
+      f'{num(st, f, "seq_len"):.0f}, micro-batch '
+      f'{num(st, f, "microbatch_size"):.0f})',
+      '; '.join(parts) + ' (XLA:CPU analyses: estimates for GPU/TPU; '
+      'predictions per accelerator in docs/scaling.md)',
+      (f, 'seed_model_compile.md', 'cost_model.md'))]
+
+
+def row_mixed_precision(results: Results) -> list[Row]:
+  """bfloat16 vs float32 compute, DP step and short run (mixed_precision.json)."""
+  f = 'mixed_precision.json'
+  d = results.json(f)
+  setup, ratio = get(d, f, 'setup'), get(d, f, 'ratio')
+  loss = get(d, f, 'loss_comparison')
+  return [Row(
+      f'bfloat16 vs float32 compute (float32 master weights, clipped sum and '
+      f'noise), {num(setup, f, "params") / 1e6:.1f}M-parameter decoder, '
+      f'batch {num(setup, f, "max_batch"):.0f} × {num(setup, f, "seq"):.0f}',
+      f'{x2(num(ratio, f, "time"))} time '
+      f'({x2(num(ratio, f, "time_per_round_min"))}–'
+      f'{x2(num(ratio, f, "time_per_round_max"))} per round), '
+      f'{x2(num(ratio, f, "memory"))} memory on XLA:CPU (it upcasts bf16 '
+      f'matmuls: the gain is an accelerator property); after '
+      f'{num(setup, f, "loss_steps"):.0f} steps the train loss differs by at '
+      f'most {num(loss, f, "max_abs_train_loss_diff"):.1e}, the held-out '
+      f'loss by {abs(num(loss, f, "final_eval_loss_diff")):.1e}',
+      (f, 'mixed_precision.md'))]
+
+
 def row_llama_cpp_check(results: Results) -> list[Row]:
   """dpjax's GGUF exports in real llama.cpp (llama_cpp_check.json)."""
   f = 'llama_cpp_check.json'
@@ -873,6 +951,9 @@ RENDERERS: list[Callable[[Results], list[Row]]] = [
     row_llama_cpp_check,
     row_user_level_step_benchmark,
     row_user_level_comparison,
+    row_fsdp_memory,
+    row_seed_model_compile,
+    row_mixed_precision,
 ]
 # Other generated README blocks: (begin marker, end marker, renderer).
 BLOCKS = (('<!-- export-dtypes:begin -->', '<!-- export-dtypes:end -->',
