@@ -2,7 +2,7 @@
 
   python experiments/bookkeeping_benchmark.py
       [--out experiments/results/bookkeeping_benchmark.json]
-      [--microbatches 8] [--bk_microbatches 8,16] [--rounds 3] [--reps 2]
+      [--microbatches 4,8] [--bk_microbatches 4,8] [--rounds 3] [--reps 2]
 
 Model and batch as `experiments/step_benchmark.py` (7.3M-parameter Llama-style
 decoder, batch 32 x 128, float32, AdamW), whose helpers (build, variants,
@@ -102,8 +102,8 @@ def main():
       os.path.dirname(__file__), 'results', 'bookkeeping_benchmark.json'))
   ap.add_argument('--batch', type=int, default=32)
   ap.add_argument('--seq', type=int, default=128)
-  ap.add_argument('--microbatches', default='8')
-  ap.add_argument('--bk_microbatches', default='8,16')
+  ap.add_argument('--microbatches', default='4,8')
+  ap.add_argument('--bk_microbatches', default='4,8')
   ap.add_argument('--hidden', type=int, default=256)
   ap.add_argument('--layers', type=int, default=4)
   ap.add_argument('--vocab', type=int, default=8000)
