@@ -163,3 +163,19 @@ def test_refuses_dropout_and_bad_method():
     bk.plan(module, params, batch)
   with pytest.raises(ValueError, match='method'):
     bk.plan(module, params, batch, method='ghost')
+
+
+def test_nan_in_padded_row_does_not_leak():
+  """A NaN loss on the padded row (mask 0) leaves the sum equal and finite."""
+  module, params, batch, mask, clip, ref, ref_norms = _setup(False)
+
+  def nan_row_loss(logits, b):
+    bad = jnp.arange(B) == 2                      # the padded row
+    return jnp.where(bad, jnp.nan, 1.0) * bk.lm_loss(logits, b)
+  out = _jit(lambda p, b, m: bk.clipped_sum_bk(
+      module, p, b, m, clip, loss_fn=nan_row_loss, method='gram'),
+             params, batch, mask)
+  assert np.isnan(np.asarray(out.norms)[2])
+  np.testing.assert_allclose(np.delete(np.asarray(out.norms), 2),
+                             np.delete(ref_norms, 2), rtol=RTOL)
+  assert _max_rel(out.clipped_sum, ref) < RTOL
