@@ -434,6 +434,15 @@ def notes(result: dict) -> str:
       f"({f['memory_per_device']['peak'] / rep['memory_per_device']['peak']:.2f}x).")
 
 
+def rerender(path: str, render) -> None:
+  """Rewrites the .md beside the result JSON `path` with `render` (no
+  compiles): `--render_only` of this script and seed_model_compile.py."""
+  with open(path) as f:
+    result = json.load(f)
+  with open(os.path.splitext(path)[0] + '.md', 'w') as f:
+    f.write(render(result))
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument('--devices', default='1,2,4,8')
@@ -444,10 +453,7 @@ def main():
   args = ap.parse_args()
   t0 = time.perf_counter()
   if args.render_only:
-    with open(args.out) as f:
-      result = json.load(f)
-    with open(os.path.splitext(args.out)[0] + '.md', 'w') as f:
-      f.write(markdown(result))
+    rerender(args.out, markdown)
     return
   devices = [int(x) for x in args.devices.split(',')]
   cfg = memory_config(1, 'fsdp')

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 import time
@@ -176,10 +175,7 @@ def main():
   args = ap.parse_args()
   t0 = time.perf_counter()
   if args.render_only:
-    with open(args.out) as f:
-      result = json.load(f)
-    with open(os.path.splitext(args.out)[0] + '.md', 'w') as f:
-      f.write(markdown(result))
+    fsdp_memory.rerender(args.out, markdown)
     return
   models = args.models.split(',')
   setup = dict(step_benchmark.run_info(), models=models, layers=args.layers)
