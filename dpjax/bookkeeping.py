@@ -1,55 +1,78 @@
 """Book-keeping (BK) clipping: the clipped sum without per-example gradients.
 
-One forward and one backward pass of the *batch* loss give, for every tapped
-layer call, its input `a` [B, T, d_in] (kept from the forward pass) and the
-gradient `g` [B, T, d_out] of the batch loss w.r.t. its output (a zero
-perturbation added to the output is differentiated instead of the weights).
-Because the batch loss is the sum of the examples' own losses and examples
-do not interact, `g[i]` is example i's output gradient, so example i's
-gradient of a Dense kernel is `a[i]^T g[i]`. From (a, g) alone this module
+`clipped_sum` takes the same arguments and returns the same values as the
+vmap engine, `dpjax.clipping.microbatched_clipped_sum`: the trainer's own
+per-record loss `record_loss(trainable, example, key)`, a padded batch, its
+mask and per-record keys. Per micro-batch (in `lax.scan`, strided as in
+`dpjax.clipping`) it runs the record loss once per example under `jax.vmap`
+with every tapped layer call (`flax.linen.intercept_methods`, no model edits)
+saving its input `a` and adding a zero perturbation to its output, then one
+`jax.grad` of the summed losses w.r.t. the perturbations only: that is each
+call's output gradient `g` (the trainable tree is closed over, so autodiff
+never forms a weight gradient). Running the per-record loss per example,
+rather than a batch forward, reuses the trainer's loss as is (causal LM or
+classification, PEFT `combine` included), gives each record its own dropout
+key exactly as the vmap engine does (dropout is exact), and handles inputs
+that are not batch-shaped (GPT-2's `wpe(arange(T)[None])`). Example i's
+gradient of a Dense kernel is `a_i^T g_i`; from (a, g) alone this module
 computes
 
 * per-example squared norms, per leaf either in the Gram form
   `sum_{t,s} (a_t . a_s)(g_t . g_s)` (cost ~T^2) or by instantiating
   `a_i^T g_i` (cost ~d_in d_out), chosen per leaf (`auto`: Gram when
-  2 T^2 < d_in d_out, as fastDP does);
-* the clip factors `c_i = m_i min(1, C / ||grad_i||)` (`dpjax.clipping`);
-* the clipped sum directly, `sum_i a_i^T (c_i g_i)` in float32: no second
+  2 T^2 < leaf size, as fastDP does), and exactly for small ('vector') leaves;
+* the clip factors of the clip style (`dpjax.clipping.style_clip_factors`:
+  'flat', 'per_layer', 'automatic') from the [B, L] per-leaf norms;
+* the clipped sum directly, `sum_i a_i^T (c_{i,l} g_i)` in float32: no second
   backward pass and no per-example gradient of a large leaf.
 
-Taps (via `flax.linen.intercept_methods`, no model edits):
-  * `nn.Dense.__call__`: kernel (factored) and bias (sum_t g_t, instantiated);
-  * `nn.Embed.__call__`: the lookup is `onehot(ids)^T g`, a factored use of
-    the embedding with an implicit one-hot left factor;
-  * `nn.Embed.attend` (tied LM head): `logits = x E^T`, i.e. the use
-    `g_logits^T x` of the same leaf;
-  * `dpjax.models.llama.RMSNorm`: scale, per-example `sum_t g_t * xhat_t`.
-A leaf used several times (a tied embedding, a Dense called twice) has as
-per-example gradient the sum of its uses; its squared norm includes every
-cross term (the Gram form runs over all pairs of uses), so it is exact.
+Taps (exact module class and method; any input rank, flattened to tokens):
+  * `nn.Dense` (plain dot_general) and `dpjax.models.bitnet.BitLinear`:
+    kernel (factored; BitLinear's left factor is its quantized input cast to
+    `cfg.dtype`, the kernel's ternary quantization is a straight-through
+    identity) and bias (sum_t g_t);
+  * LoRA: `<path>/lora_a` [in, r], `<path>/lora_b` [r, out] of a tapped
+    Dense whose kernel `combine` merged as W + s A B (s = `lora_scale`):
+    dA_i = a_i^T (s g_i B^T), dB_i = (s a_i A)^T g_i, two factored leaves;
+  * `nn.Embed.__call__` (token, position, token-type lookups: a factored use
+    with a one-hot left factor) and `nn.Embed.attend` (tied head: `g^T x`);
+  * norm scales: `dpjax.models.llama.RMSNorm`, `dpjax.models.layers.RMSNorm`
+    (per-example `sum_t g_t * xhat_t`, xhat as each computes it) and
+    `nn.LayerNorm` (default axes, float32 statistics) scale and bias.
+PEFT 'full', 'bias_only', 'norms' are path matches (trainable paths are
+module paths plus the leaf name); frozen leaves cost nothing. A leaf used
+several times (a tied embedding, a Dense called twice) has as per-example
+gradient the sum of its uses; its squared norm includes every cross term
+(the Gram form runs over all pairs of uses), so it is exact.
 
 Formal guarantees:
-  Output S = sum_i c_i v_i with v_i = (the sum over every tap of example i's
-  contribution), ||v_i||_2 = n_i the returned norm (up to float32 rounding),
-  and c_i = m_i min(1, C / n_i), with non-finite n_i mapped to c_i = 0 and
-  padded rows (m_i = 0) contributing exactly 0 (their a and g are zeroed,
-  so a NaN cannot leak). Hence ||S(D) - S(D')||_2 <= C under adding or
-  removing one example, provided (a) the model has no cross-example
-  interaction (no batch norm; dropout is refused here), (b) `loss_fn`
-  returns per-example losses each depending only on its own example, and
-  (c) padded rows have m_i = 0. Given (a)-(c) the bound holds even if a
-  parameter were used outside a tap (that use would be missing from both
-  v_i and n_i, a bias, not a privacy loss); exactness (v_i = example i's
-  full gradient) needs every use of every trainable leaf to go through a
-  tapped method. `plan` checks at build time that every leaf of `params` is
-  touched by a tap (else ValueError naming the leaf); the tests check
-  equality with the vmap engine (`dpjax.clipping`) for the llama family.
+  Output S = sum_i sum_l c_{i,l} v_{i,l} with v_{i,l} = the sum over every
+  tapped use of leaf l of example i's contribution, n_{i,l} = ||v_{i,l}||_2
+  (up to float32 rounding), and c_{i,l} from
+  `dpjax.clipping.style_clip_factors` of the [B, L] norms and the mask: flat
+  (c_{i,l} = m_i min(1, C / n_i), n_i the root of sum_l n_{i,l}^2),
+  per-layer (m_i min(1, (C / sqrt L) / n_{i,l})) or automatic (m_i C /
+  (n_i + gamma)); non-finite norms give 0. Hence ||sum_l c_{i,l} v_{i,l}||_2
+  <= C and ||S(D) - S(D')||_2 <= C under adding or removing one example,
+  provided (a) the model has no cross-example interaction (no batch norm;
+  each record runs alone under vmap with its own dropout key), (b)
+  `record_loss` depends on its own example only, and (c) padded rows have
+  m_i = 0 (their a and g are zeroed, so a NaN cannot leak). LoRA factors are
+  leaves like any other: v_{i,A}, v_{i,B} are example i's gradients of A and
+  B through W + s A B when `lora_scale` is the s `combine` used. Given
+  (a)-(c) the bound holds even if a parameter were used outside a tap (that
+  use would be missing from both v_i and n_i: a bias, not a privacy loss);
+  exactness (v_i = example i's full gradient) needs every use of every
+  trainable leaf to go through a tapped method. `check` verifies at build
+  time that every trainable leaf is touched by a tap (else `NotCovered`
+  naming it); the tests check equality with the vmap engine for llama
+  (untied, tied, LoRA, bias-only, norms, dropout), GPT-2, BitNet and BERT.
   Float32 rule as in `dpjax.clipping`: norms, factors and the sum are
   float32 whatever the compute dtype.
 
-Not yet covered (ValueError or coverage error): LoRA / BitNet / BERT /
-GPT-2 layers, LayerNorm, nn.remat (taps inside a checkpoint would leak
-tracers), dropout, L1 norms.
+Refused (ValueError): L1 norms (the Gram trick is L2 only), `nn.remat`
+(taps inside a checkpoint would leak tracers; detected during the probe),
+uncovered leaves (`NotCovered`), LoRA leaves without `lora_scale`.
 """
 
 from __future__ import annotations
@@ -65,11 +88,19 @@ import jax.numpy as jnp
 import optax
 
 from dpjax import clipping
+from dpjax.models import bitnet
+from dpjax.models import layers
 from dpjax.models import llama
 
 PyTree = Any
 METHODS = ('auto', 'gram', 'instantiate')
 _HI = jax.lax.Precision.HIGHEST
+_TAPPED = ('nn.Dense, BitLinear, nn.Embed (lookup, attend), RMSNorm, '
+           'nn.LayerNorm, LoRA factors of a tapped Dense')
+
+
+class NotCovered(ValueError):
+  """A trainable leaf that no book-keeping tap covers."""
 
 
 class BKOutput(NamedTuple):
@@ -82,22 +113,32 @@ class BKOutput(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class _Call:
   key: str                 # unique id of the call
-  kind: str                # 'dense' | 'embed' | 'attend' | 'scale'
+  kind: str                # 'dense' | 'embed' | 'attend' | 'rms' | 'ln'
   path: tuple[str, ...]    # module scope path
-  use_bias: bool = False
+  names: tuple[str, ...]   # the module's leaf names this call uses
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """What `clipped_sum_bk` will do for one module and input shape.
+  """What `clipped_sum` will do for one record loss and micro-batch shape.
 
   Attributes:
-    calls: the tapped calls in forward order.
-    leaves: {leaf path '/'-joined: (method, [call keys])}, method 'gram',
-      'instantiate' or 'vector' (small leaves, always instantiated).
+    calls: the tapped calls of one record, in forward order.
+    leaves: {trainable leaf path '/'-joined: (method, (call keys...))},
+      method 'gram', 'instantiate' or 'vector' (small leaves, exact).
+    out_shapes: {call key: ShapeDtypeStruct} of one record's tap outputs
+      (only the calls that a trainable leaf needs).
+    lora_scale: s of the LoRA merge W + s A B (None: no LoRA leaves).
   """
   calls: tuple[_Call, ...]
   leaves: dict[str, tuple[str, tuple[str, ...]]]
+  out_shapes: dict[str, jax.ShapeDtypeStruct] = dataclasses.field(
+      default_factory=dict)
+  lora_scale: float | None = None
+
+  def choices(self) -> dict[str, str]:
+    """{leaf path: 'gram' | 'instantiate' | 'vector'}."""
+    return {p: c for p, (c, _) in self.leaves.items()}
 
 
 def lm_loss(logits: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
@@ -111,23 +152,77 @@ def lm_loss(logits: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
   return jnp.sum(ce * w, -1) / jnp.maximum(jnp.sum(w, -1), 1.0)
 
 
-def _kind(module: nn.Module, method: str) -> str | None:
-  if isinstance(module, nn.Dense) and method == '__call__':
+def _kind(module: nn.Module, method: str, kwargs) -> str | None:
+  """The tap kind of a call (None: not tapped). Exact classes only."""
+  cls = type(module)
+  if method == 'attend':
+    return 'attend' if cls is nn.Embed else None
+  if method != '__call__':
+    return None
+  if cls is nn.Dense:
+    plain = module.dot_general is None and module.dot_general_cls is None
+    return 'dense' if plain else None
+  if cls is bitnet.BitLinear:
     return 'dense'
-  if isinstance(module, nn.Embed) and method == '__call__':
+  if cls is nn.Embed:
     return 'embed'
-  if isinstance(module, nn.Embed) and method == 'attend':
-    return 'attend'
-  if isinstance(module, llama.RMSNorm) and method == '__call__':
-    return 'scale'
+  if cls in (llama.RMSNorm, layers.RMSNorm):
+    return 'rms'
+  if cls is nn.LayerNorm:
+    plain = (module.reduction_axes in (-1, (-1,)) and
+             module.feature_axes in (-1, (-1,)) and
+             module.axis_name is None and module.force_float32_reductions
+             and kwargs.get('mask') is None)
+    return 'ln' if plain else None
   return None
 
 
-class _Tapper:
-  """Interceptor: records each tapped call's inputs, perturbs its output."""
+def _left(kind, module, x):
+  """What a tap saves: the left factor, ids, or the normalised input."""
+  if kind == 'dense' and type(module) is bitnet.BitLinear:
+    cfg = module.config
+    if cfg.quantization == 'online':
+      x = layers.activation_quant(x)
+    return x.astype(cfg.dtype)
+  if kind in ('dense', 'attend'):
+    return x.astype(module.dtype or jnp.promote_types(x.dtype,
+                                                      module.param_dtype))
+  if kind == 'rms':
+    xf = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(xf), axis=-1, keepdims=True)
+    xhat = xf * jax.lax.rsqrt(var + module.eps)
+    return xhat.astype(module.dtype if type(module) is llama.RMSNorm
+                       else x.dtype)
+  if kind == 'ln':   # flax's _compute_stats/_normalize, float32 statistics
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    if module.use_fast_variance:
+      var = jnp.maximum(0.0, jnp.mean(xf * xf, -1, keepdims=True) - mean ** 2)
+    else:
+      var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+    return (xf - mean) * jax.lax.rsqrt(var + module.epsilon)
+  return x   # embed: the ids
 
-  def __init__(self, perturb: dict[str, jax.Array] | None = None):
-    self.perturb = perturb
+
+def _names(kind, module) -> tuple[str, ...]:
+  if kind == 'dense':
+    return ('kernel',) + (('bias',) if module.use_bias else ())
+  if kind in ('embed', 'attend'):
+    return ('embedding',)
+  if kind == 'rms':
+    return ('scale',)
+  return ((('scale',) if module.use_scale else ()) +
+          (('bias',) if module.use_bias else ()))
+
+
+class _Tapper:
+  """Interceptor: records each tapped call's input, perturbs its output.
+
+  Only the calls in `needed` (all when None) are saved and perturbed.
+  """
+
+  def __init__(self, perturb=None, needed=None):
+    self.perturb, self.needed = perturb, needed
     self.calls: list[_Call] = []
     self.saved: dict[str, jax.Array] = {}
     self.outs: dict[str, jax.Array] = {}
@@ -135,121 +230,134 @@ class _Tapper:
 
   def __call__(self, next_fun, args, kwargs, context):
     module, method = context.module, context.method_name
-    kind = _kind(module, method)
+    kind = _kind(module, method, kwargs)
     if kind is None:
       return next_fun(*args, **kwargs)
     path = tuple(module.scope.path)
     n = self.counts[(path, method)]
     self.counts[(path, method)] += 1
     key = f"{'/'.join(path)}:{method}:{n}"
-    x = args[0] if args else next(iter(kwargs.values()))
     y = next_fun(*args, **kwargs)
-    if kind == 'scale':
-      xf = x.astype(jnp.float32)
-      var = jnp.mean(xf * xf, axis=-1, keepdims=True)
-      x = (xf * jax.lax.rsqrt(var + module.eps)).astype(module.dtype)
-    elif kind == 'dense':
-      x = x.astype(module.dtype or x.dtype)
-    self.saved[key] = x
-    self.calls.append(_Call(key, kind, path,
-                            bool(getattr(module, 'use_bias', False))))
+    if self.needed is not None and key not in self.needed:
+      return y
+    x = args[0] if args else next(iter(kwargs.values()))
+    self.saved[key] = _left(kind, module, x)
+    self.calls.append(_Call(key, kind, path, _names(kind, module)))
     self.outs[key] = y
     if self.perturb is not None:
       y = y + self.perturb[key].astype(y.dtype)
     return y
 
 
-def _leaf_uses(calls) -> dict[str, list[tuple[str, _Call]]]:
-  """{leaf path: [(role, call)]}, role 'factor' or 'vector'."""
-  leaves = collections.defaultdict(list)
-  for c in calls:
-    p = '/'.join(c.path)
-    if c.kind == 'dense':
-      leaves[p + '/kernel'].append(('factor', c))
-      if c.use_bias:
-        leaves[p + '/bias'].append(('vector', c))
-    elif c.kind in ('embed', 'attend'):
-      leaves[p + '/embedding'].append(('factor', c))
-    else:
-      leaves[p + '/scale'].append(('vector', c))
-  return leaves
-
-
 def _flat_paths(tree) -> dict[str, Any]:
+  """{'/'-joined path: leaf} in `jax.tree.leaves` order."""
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {'/'.join(str(getattr(k, 'key', k)) for k in path): x
           for path, x in flat}
 
 
-def _check_module(module):
-  cfg = getattr(module, 'config', None)
-  if cfg is not None and float(getattr(cfg, 'dropout_rate', 0.0) or 0.0) > 0:
-    raise ValueError('book-keeping clipping does not support dropout yet '
-                     f'(model dropout_rate={cfg.dropout_rate}); use the vmap '
-                     'engine (dpjax.clipping).')
-  if cfg is not None and getattr(cfg, 'remat', False):
-    raise ValueError('book-keeping clipping does not support remat=True yet '
-                     '(taps inside jax.checkpoint); use remat=False or the '
-                     'vmap engine.')
+def _leaf_uses(calls, trainable_paths) -> dict[str, list[_Call]]:
+  """{leaf path: [calls using it]}, LoRA factors included."""
+  uses = collections.defaultdict(list)
+  for c in calls:
+    p = '/'.join(c.path)
+    names = c.names
+    if c.kind == 'dense' and p + '/lora_a' in trainable_paths:
+      names += ('lora_a', 'lora_b')
+    for name in names:
+      uses[p + '/' + name].append(c)
+  return uses
 
 
-def _default_apply(module):
-  return lambda p, batch: module.apply({'params': p}, batch['inputs'])
+def _is_vector(path):
+  return path.rsplit('/', 1)[-1] in ('bias', 'scale')
 
 
-def plan(module: nn.Module, params: PyTree, batch: dict[str, jax.Array], *,
-         method: str = 'auto', apply_fn: Callable | None = None) -> Plan:
-  """Discovers the taps (shapes only) and checks coverage.
-
-  Args:
-    module: a Flax linen module.
-    params: the trainable parameters (every leaf must be covered).
-    batch: a batch (or its shapes) with leading axis B (a micro-batch).
-    method: 'auto' (per leaf: Gram when 2 T^2 < leaf size, T the tokens
-      per example summed over the leaf's uses), 'gram' or 'instantiate'.
-    apply_fn: `apply_fn(params, batch) -> logits`; default
-      `module.apply({'params': params}, batch['inputs'])`.
-
-  Raises:
-    ValueError: an unknown method, dropout or remat, or a trainable leaf
-      that no tap covers (named).
-  """
+def _check_args(method, norm_ord):
+  if norm_ord == 1:
+    raise ValueError("book-keeping clipping supports L2 norms only; L1 "
+                     "clipping (dp.mechanism='lmo') needs the vmap engine.")
+  if norm_ord != 2:
+    raise ValueError(f'norm_ord must be 2 for book-keeping, got {norm_ord!r}.')
   if method not in METHODS:
     raise ValueError(f'method must be one of {METHODS}, got {method!r}.')
-  _check_module(module)
-  apply_fn = apply_fn or _default_apply(module)
-  tapper = _Tapper()
 
-  def probe(p, b):
-    with nn.intercept_methods(tapper):
-      apply_fn(p, b)
-    return dict(tapper.saved)
 
-  shapes = jax.eval_shape(probe, params, batch)
-  uses = _leaf_uses(tapper.calls)
-  flat = _flat_paths(params)
-  uncovered = sorted(set(flat) - set(uses))
+def _one(record_loss, trainable, ex, key, perturb=None, needed=None,
+         box=None):
+  """One record's loss under the taps: (loss, saved inputs, tap outputs)."""
+  tapper = _Tapper(perturb, needed)
+  if box is not None:
+    box.append(tapper)
+  with nn.intercept_methods(tapper):
+    loss = record_loss(trainable, ex, key)
+  return loss, dict(tapper.saved), dict(tapper.outs)
+
+
+def check(record_loss: Callable[..., jax.Array], trainable: PyTree,
+          example_batch: dict[str, Any], keys: Any, *, method: str = 'auto',
+          lora_scale: float | None = None, norm_ord: int = 2) -> Plan:
+  """Discovers the taps (shapes only, `jax.eval_shape`) and checks coverage.
+
+  Args:
+    record_loss: `record_loss(trainable, example, key) -> scalar`, ONE record.
+    trainable: the differentiated tree (arrays or ShapeDtypeStructs).
+    example_batch: a micro-batch (leading axis m) or its ShapeDtypeStructs.
+    keys: its [m] typed PRNG keys (or their ShapeDtypeStruct).
+    method: 'auto' (per leaf: Gram when 2 T^2 < leaf size, T the tokens per
+      example summed over the leaf's uses), 'gram' or 'instantiate'.
+    lora_scale: alpha / rank when `trainable` holds LoRA factors.
+    norm_ord: must be 2.
+
+  Raises:
+    NotCovered: a trainable leaf that no tap covers (named, with the list).
+    ValueError: L1 norms, an unknown method, remat, LoRA without lora_scale.
+  """
+  _check_args(method, norm_ord)
+  flat = _flat_paths(trainable)
+  if lora_scale is None and any(p.endswith(('/lora_a', '/lora_b'))
+                                for p in flat):
+    raise ValueError('book-keeping clipping: the trainable tree holds LoRA '
+                     'factors; pass lora_scale=alpha/rank.')
+  box = []
+
+  def probe(t, b, k):
+    one = lambda ex, key: _one(record_loss, t, ex, key, box=box)[1:]
+    return jax.vmap(one)(b, k)
+
+  try:
+    saved, outs = jax.eval_shape(probe, trainable, example_batch, keys)
+  except (jax.errors.UnexpectedTracerError, jax.errors.TracerBoolConversionError,
+          jax.errors.ConcretizationTypeError) as e:
+    raise ValueError('book-keeping clipping cannot tap layers inside nn.remat '
+                     '(remat / jax.checkpoint leaks the taps\' tracers); set '
+                     'model.remat=False or use the vmap engine.') from e
+  calls = box[-1].calls
+  uses = _leaf_uses(calls, flat)
+  uncovered = [p for p in flat if p not in uses]
   if uncovered:
-    raise ValueError(f'book-keeping clipping: trainable leaf {uncovered[0]!r} '
-                     f'is not covered by any tap (Dense, Embed, llama RMSNorm)'
-                     f'; uncovered: {uncovered}. Use the vmap engine.')
-  leaves = {}
-  for path, us in uses.items():
-    if path not in flat:
-      continue   # frozen (not differentiated)
-    keys = tuple(c.key for _, c in us)
-    if us[0][0] == 'vector':
-      leaves[path] = ('vector', keys)
+    raise NotCovered(f'book-keeping clipping: trainable leaf {uncovered[0]!r} '
+                     f'is not covered by any tap ({_TAPPED}); uncovered: '
+                     f'{uncovered}. Use the vmap engine.')
+  leaves, needed = {}, set()
+  for path in flat:
+    cs = uses[path]
+    keys_ = tuple(c.key for c in cs)
+    needed.update(keys_)
+    if _is_vector(path):
+      leaves[path] = ('vector', keys_)
       continue
-    tokens = 0
-    for _, c in us:
-      s = shapes[c.key].shape
-      tokens += math.prod(s[1:] if c.kind == 'embed' else s[1:-1])
+    tokens = sum(math.prod(saved[c.key].shape[1:] if c.kind == 'embed'
+                           else saved[c.key].shape[1:-1]) for c in cs)
     choice = method
     if method == 'auto':
-      choice = 'gram' if 2 * tokens ** 2 < flat[path].size else 'instantiate'
-    leaves[path] = (choice, keys)
-  return Plan(tuple(tapper.calls), leaves)
+      choice = ('gram' if 2 * tokens ** 2 < math.prod(flat[path].shape)
+                else 'instantiate')
+    leaves[path] = (choice, keys_)
+  out_shapes = {k: jax.ShapeDtypeStruct(s.shape[1:], s.dtype)
+                for k, s in outs.items() if k in needed}
+  return Plan(tuple(c for c in calls if c.key in needed), leaves, out_shapes,
+              lora_scale)
 
 
 def _seq(x, b, ids=False):
@@ -257,18 +365,38 @@ def _seq(x, b, ids=False):
   return x.reshape((b, -1)) if ids else x.reshape((b, -1, x.shape[-1]))
 
 
-def _factors(call, saved, grads, b):
-  """(left kind, left, right) with per-example gradient left^T right."""
-  a, g = saved[call.key], grads[call.key]
-  if call.kind == 'dense':
-    return 'dense', _seq(a, b), _seq(g, b)
-  if call.kind == 'embed':
-    return 'onehot', _seq(a, b, ids=True), _seq(g, b)
-  return 'dense', _seq(g, b), _seq(a, b)     # attend: logits = x E^T
-
-
 def _f32(x):
   return x.astype(jnp.float32)
+
+
+def _factor(path, call, saved, grads, b, flat, s):
+  """(left kind, left [B, T, n] or ids [B, T], right [B, T, d]) of one use,
+  with per-example gradient left^T right."""
+  a, g = saved[call.key], _seq(grads[call.key], b)
+  if call.kind == 'embed':
+    return 'onehot', _seq(a, b, ids=True), g
+  a = _seq(a, b)
+  if call.kind == 'attend':                   # logits = x E^T
+    return 'dense', g, a
+  name = path.rsplit('/', 1)[-1]
+  mod = path.rsplit('/', 1)[0]
+  if name == 'lora_a':                        # dA = a^T (s g B^T)
+    right = s * jnp.einsum('btd,rd->btr', _f32(g), _f32(flat[mod + '/lora_b']),
+                           precision=_HI)
+    return 'dense', a, right
+  if name == 'lora_b':                        # dB = (s a A)^T g
+    left = s * jnp.einsum('btn,nr->btr', _f32(a), _f32(flat[mod + '/lora_a']),
+                          precision=_HI)
+    return 'dense', left, g
+  return 'dense', a, g
+
+
+def _vector(path, call, saved, grads, b):
+  """Per-example gradient [B, d] of a bias or a norm scale."""
+  g = _f32(_seq(grads[call.key], b))
+  if path.endswith('/scale'):
+    g = g * _f32(_seq(saved[call.key], b))
+  return jnp.sum(g, axis=1)
 
 
 def _left_gram(u, v):
@@ -311,14 +439,6 @@ def _sq_norms(choice, fs, shape):
   return total
 
 
-def _vector(call, saved, grads, b):
-  """Per-example gradient [B, d] of a bias or a norm scale."""
-  g = _f32(_seq(grads[call.key], b))
-  if call.kind == 'scale':
-    g = g * _f32(_seq(saved[call.key], b))
-  return jnp.sum(g, axis=1)
-
-
 def _rows(x, keep, scale=None):
   """Rows of x (axis 0) zeroed where not `keep` and optionally scaled."""
   shape = (-1,) + (1,) * (x.ndim - 1)
@@ -326,50 +446,46 @@ def _rows(x, keep, scale=None):
   return x if scale is None else x * scale.reshape(shape)
 
 
-def _bk_micro(module, params, batch, mask, clip_norm, plan_, loss_fn,
-              apply_fn):
-  """BK on one micro-batch: (clipped sum, norms, losses)."""
-  b = mask.shape[0]
-  calls = {c.key: c for c in plan_.calls}
+def _bk_micro(record_loss, trainable, plan_, mb, mmask, mkeys, clip_norm,
+              style, gamma):
+  """BK on one micro-batch: (clipped sum, norms, clipped, losses)."""
+  b = mmask.shape[0]
+  needed = frozenset(plan_.out_shapes)
 
   def total_loss(perturb):
-    tapper = _Tapper(perturb)
-    with nn.intercept_methods(tapper):
-      logits = apply_fn(params, batch)
-    losses = loss_fn(logits, batch)
-    return jnp.sum(losses), (losses, dict(tapper.saved))
+    one = lambda ex, key, p: _one(record_loss, trainable, ex, key, p,
+                                  needed)[:2]
+    losses, saved = jax.vmap(one)(mb, mkeys, perturb)
+    return jnp.sum(losses), (losses, saved)
 
-  # Zero perturbations shaped like every tap's output.
-  def out_shapes(p):
-    tapper = _Tapper()
-    with nn.intercept_methods(tapper):
-      apply_fn(p, batch)
-    return dict(tapper.outs)
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                       jax.eval_shape(out_shapes, params))
+  zeros = {k: jnp.zeros((b,) + s.shape, s.dtype)
+           for k, s in plan_.out_shapes.items()}
   grads, (losses, saved) = jax.grad(total_loss, has_aux=True)(zeros)
 
-  flat = _flat_paths(params)
-  sq = jnp.zeros((b,), jnp.float32)
-  pieces = {}
+  flat = _flat_paths(trainable)
+  calls = {c.key: c for c in plan_.calls}
+  sq, pieces = [], {}
   for path, (choice, keys) in plan_.leaves.items():
     if choice == 'vector':
-      per_ex = sum(_vector(calls[k], saved, grads, b) for k in keys)
-      sq = sq + jnp.sum(per_ex ** 2, axis=1)
+      per_ex = sum(_vector(path, calls[k], saved, grads, b) for k in keys)
+      sq.append(jnp.sum(per_ex ** 2, axis=1))
       pieces[path] = ('vector', per_ex)
     else:
-      fs = [_factors(calls[k], saved, grads, b) for k in keys]
-      sq = sq + _sq_norms(choice, fs, flat[path].shape)
+      fs = [_factor(path, calls[k], saved, grads, b, flat, plan_.lora_scale)
+            for k in keys]
+      sq.append(_sq_norms(choice, fs, flat[path].shape))
       pieces[path] = ('factor', fs)
-  norms = jnp.sqrt(sq)
-  c = clipping.clip_factors(norms, mask, clip_norm)
-  keep = c > 0
-  out = {}
-  for path, (kind, val) in pieces.items():
+  factors, norms, clipped = clipping.style_clip_factors(
+      jnp.sqrt(jnp.stack(sq, axis=1)), mmask, clip_norm, style=style,
+      gamma=gamma)
+  out = []
+  for j, (path, (kind, val)) in enumerate(pieces.items()):
+    c = factors[:, j]
+    keep = c > 0
     shape = flat[path].shape
     if kind == 'vector':
-      out[path] = jnp.tensordot(c, jnp.where(keep[:, None], val, 0.0), axes=1,
-                                precision=_HI).reshape(shape)
+      out.append(jnp.tensordot(c, jnp.where(keep[:, None], val, 0.0), axes=1,
+                               precision=_HI).reshape(shape))
       continue
     total = jnp.zeros(shape, jnp.float32)
     for lk, left, right in val:
@@ -380,16 +496,138 @@ def _bk_micro(module, params, batch, mask, clip_norm, plan_, loss_fn,
       else:
         total = total.at[left.reshape(-1)].add(
             right.reshape((-1, right.shape[-1])))
-    out[path] = total
-  summed = _unflatten_like(params, out)
-  return summed, norms, _f32(losses)
+    out.append(total)
+  summed = jax.tree.unflatten(jax.tree.structure(trainable), out)
+  return summed, norms, clipped, _f32(losses)
 
 
-def _unflatten_like(params, by_path):
-  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-  leaves = [by_path['/'.join(str(getattr(k, 'key', k)) for k in path)]
-            for path, _ in flat]
-  return jax.tree_util.tree_unflatten(treedef, leaves)
+def _run(record_loss, trainable, batch, mask, keys, *, clip_norm,
+         microbatch_size, skip_padding_microbatches=False, clip_style='flat',
+         gamma=clipping.AUTOMATIC_GAMMA, method='auto', lora_scale=None,
+         norm_ord=2):
+  """`clipped_sum` plus the per-example losses [B]."""
+  _check_args(method, norm_ord)
+  clipping.check_style(clip_style, gamma)
+  size = mask.shape[0]
+  m = microbatch_size
+  if size % m:
+    raise ValueError(f'batch of {size} is not a multiple of microbatch_size '
+                     f'{m}.')
+  n = size // m
+  to_micro = lambda x: jnp.moveaxis(x.reshape((m, n) + x.shape[1:]), 1, 0)
+  xs = (jax.tree.map(to_micro, batch), to_micro(mask), to_micro(keys))
+  first = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
+                       xs)
+  plan_ = check(record_loss, trainable, first[0], first[2], method=method,
+                lora_scale=lora_scale)
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), trainable)
+  z = jnp.zeros((), jnp.float32)
+
+  def body(acc, micro):
+    mb, mmask, mkeys = micro
+
+    def compute(_):
+      s, norms, clipped, losses = _bk_micro(record_loss, trainable, plan_, mb,
+                                            mmask, mkeys, clip_norm,
+                                            clip_style, gamma)
+      mm = mmask.astype(jnp.float32)
+      stats = clipping.ClipStats(
+          num_examples=jnp.sum(mm), num_clipped=jnp.sum(clipped),
+          norm_sum=jnp.sum(mm * jnp.where(jnp.isfinite(norms), norms, 0.)),
+          loss_sum=jnp.sum(mm * jnp.where(jnp.isfinite(losses), losses, 0.)))
+      return s, stats, norms, losses
+
+    def skip(_):
+      zb = jnp.zeros(mmask.shape, jnp.float32)
+      return zeros, clipping.ClipStats(z, z, z, z), zb, zb
+
+    if skip_padding_microbatches:   # a timing channel, as in dpjax.clipping
+      s, stats, norms, losses = jax.lax.cond(jnp.any(mmask > 0), compute,
+                                             skip, None)
+    else:
+      s, stats, norms, losses = compute(None)
+    acc_sum, acc_stats = acc
+    return ((jax.tree.map(jnp.add, acc_sum, s),
+             jax.tree.map(jnp.add, acc_stats, stats)), (norms, losses))
+
+  (total, stats), (norms, losses) = jax.lax.scan(
+      body, (zeros, clipping.ClipStats(z, z, z, z)), xs)
+  unmicro = lambda x: jnp.moveaxis(x, 0, 1).reshape((size,))
+  return total, stats, unmicro(norms), unmicro(losses)
+
+
+def clipped_sum(record_loss: Callable[..., jax.Array], trainable: PyTree,
+                batch: dict[str, jax.Array], mask: jax.Array, keys: jax.Array,
+                *, clip_norm: float | jax.Array, microbatch_size: int,
+                norm_ord: int = 2, skip_padding_microbatches: bool = False,
+                clip_style: str = 'flat',
+                gamma: float = clipping.AUTOMATIC_GAMMA, method: str = 'auto',
+                lora_scale: float | None = None
+                ) -> tuple[PyTree, clipping.ClipStats, jax.Array]:
+  """The vmap engine's clipped sum (`dpjax.clipping.microbatched_clipped_sum`)
+  computed by book-keeping.
+
+  Args:
+    record_loss: `record_loss(trainable, example, key) -> scalar` for ONE
+      record (no batch axis), e.g. `dpjax.model_setup`'s loss with `frozen`
+      closed over.
+    trainable: the differentiated parameters.
+    batch: dict of arrays with leading axis B (a multiple of
+      `microbatch_size`).
+    mask: [B], 1 for real examples.
+    keys: [B] typed PRNG keys, one per record (dropout).
+    clip_norm: C.
+    microbatch_size: m; micro-batches run in `lax.scan` (strided views).
+    norm_ord: must be 2 (L1 needs the vmap engine).
+    skip_padding_microbatches: as in `dpjax.clipping` (a timing channel).
+    clip_style: 'flat', 'per_layer' or 'automatic' (`dpjax.clipping`).
+    gamma: automatic clipping's stability constant.
+    method: 'auto', 'gram' or 'instantiate' (see `check`).
+    lora_scale: alpha / rank when `trainable` holds LoRA factors.
+
+  Returns:
+    (float32 clipped sum shaped like `trainable`, ClipStats, float32 norms
+    [B]), equal to the vmap engine's to float32 rounding.
+
+  Raises:
+    NotCovered, ValueError: see `check`; B not a multiple of m.
+  """
+  total, stats, norms, _ = _run(
+      record_loss, trainable, batch, mask, keys, clip_norm=clip_norm,
+      microbatch_size=microbatch_size, norm_ord=norm_ord,
+      skip_padding_microbatches=skip_padding_microbatches,
+      clip_style=clip_style, gamma=gamma, method=method, lora_scale=lora_scale)
+  return total, stats, norms
+
+
+# The module + batch-loss API (experiments/bookkeeping_benchmark.py).
+
+def _default_apply(module):
+  return lambda p, batch: module.apply({'params': p}, batch['inputs'])
+
+
+def _module_record(module, loss_fn, apply_fn):
+  """A record loss from a batch `apply_fn` and a [B] `loss_fn`."""
+  apply_fn = apply_fn or _default_apply(module)
+
+  def record(p, ex, key):
+    del key
+    one = jax.tree.map(lambda x: x[None], ex)
+    return loss_fn(apply_fn(p, one), one)[0]
+  return record
+
+
+def _keys(n):
+  return jax.random.split(jax.random.key(0), n)
+
+
+def plan(module: nn.Module, params: PyTree, batch: dict[str, jax.Array], *,
+         method: str = 'auto', apply_fn: Callable | None = None,
+         loss_fn: Callable[..., jax.Array] = lm_loss) -> Plan:
+  """`check` for a module and a batch loss (see `clipped_sum_bk`)."""
+  b = jax.tree.leaves(batch)[0].shape[0]
+  return check(_module_record(module, loss_fn, apply_fn), params, batch,
+               _keys(b), method=method)
 
 
 def clipped_sum_bk(module: nn.Module, params: PyTree,
@@ -399,54 +637,23 @@ def clipped_sum_bk(module: nn.Module, params: PyTree,
                    method: str = 'auto',
                    microbatch_size: int | None = None,
                    apply_fn: Callable | None = None) -> BKOutput:
-  """Masked sum of flat-L2-clipped per-example gradients, by book-keeping.
-
-  Equal (to float32 rounding) to `dpjax.clipping.clipped_sum` of the
-  per-example gradients of `loss_fn`, without forming them for large leaves.
+  """Flat-L2 `clipped_sum` of a module with a batch loss (full params).
 
   Args:
-    module: a Flax linen causal LM (see the module docstring for the taps).
-    params: the trainable parameters (all differentiated, full fine-tuning).
-    batch: dict of arrays with leading axis B; `batch['inputs']` [B, T] for
-      the default `apply_fn`, plus what `loss_fn` reads.
-    mask: [B], 1 for real examples and 0 for padding.
-    clip_norm: C > 0.
-    loss_fn: `loss_fn(logits, batch) -> [B]` per-example losses, each
-      depending on its own example only (default `lm_loss`).
-    method: 'auto', 'gram' or 'instantiate' for every factored leaf.
-    microbatch_size: m dividing B; the batch is processed m at a time in
-      `lax.scan` (strided as in `dpjax.clipping`). None: all at once.
-    apply_fn: `apply_fn(params, batch) -> logits` (default: the module on
-      `batch['inputs']`).
+    module: a Flax linen module; `apply_fn(params, batch) -> logits` (default
+      `module.apply({'params': params}, batch['inputs'])`, deterministic).
+    params: the trainable parameters (all differentiated).
+    batch, mask, clip_norm, method: as `clipped_sum`.
+    loss_fn: `loss_fn(logits, batch) -> [B]` per-example losses (default
+      `lm_loss`), run here on one record at a time.
+    microbatch_size: m dividing B (None: all at once).
 
   Returns:
-    BKOutput(float32 clipped sum shaped like `params`, norms [B], losses
-    [B]).
-
-  Raises:
-    ValueError: see `plan`; or B not a multiple of `microbatch_size`.
-
-  Formal guarantees: see the module docstring (add/remove L2 sensitivity C).
+    BKOutput(float32 clipped sum, norms [B], losses [B]).
   """
-  apply_fn = apply_fn or _default_apply(module)
   size = mask.shape[0]
-  m = microbatch_size or size
-  if size % m:
-    raise ValueError(f'batch of {size} is not a multiple of microbatch_size '
-                     f'{m}.')
-  n = size // m
-  to_micro = lambda x: jnp.moveaxis(x.reshape((m, n) + x.shape[1:]), 1, 0)
-  micro = jax.tree.map(to_micro, batch)
-  plan_ = plan(module, params, jax.tree.map(lambda x: x[0], micro),
-               method=method, apply_fn=apply_fn)
-
-  def body(acc, xs):
-    mb, mmask = xs
-    s, norms, losses = _bk_micro(module, params, mb, mmask, clip_norm, plan_,
-                                 loss_fn, apply_fn)
-    return jax.tree.map(jnp.add, acc, s), (norms, losses)
-
-  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
-  total, (norms, losses) = jax.lax.scan(body, zeros, (micro, to_micro(mask)))
-  unmicro = lambda x: jnp.moveaxis(x, 0, 1).reshape((size,))
-  return BKOutput(total, unmicro(norms), unmicro(losses))
+  total, _, norms, losses = _run(
+      _module_record(module, loss_fn, apply_fn), params, batch, mask,
+      _keys(size), clip_norm=clip_norm, microbatch_size=microbatch_size or size,
+      method=method)
+  return BKOutput(total, norms, losses)
