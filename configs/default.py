@@ -152,6 +152,15 @@ def get_config():
   # True skips micro-batches that are all padding: faster, but the step time then reveals
   # the realised batch size (a timing channel that epsilon does not cover).
   config.train.skip_padding_microbatches = False
+  # How the clipped sum is computed (dpjax.grad_engines): 'vmap' (per-example gradients),
+  # 'bookkeeping' (book-keeping clipping: no per-example gradients; tapped layers only, L2)
+  # or 'auto' (book-keeping where every trainable leaf is covered, else vmap). Same mechanism.
+  config.train.grad_engine = 'auto'
+  config.train.bookkeeping_method = 'auto'  # auto | gram | instantiate (per-example norms)
+  # flat (one norm per example) | per_layer (each trainable leaf to C/sqrt(L)) |
+  # automatic (Bu et al.: scale by C/(norm + gamma)). Every style has sensitivity C.
+  config.train.clip_style = 'flat'
+  config.train.automatic_clip_gamma = 0.01
   config.train.optimizer = 'adamw'     # adamw | adam | sgd
   config.train.learning_rate = 1e-3
   config.train.warmup_steps = 0

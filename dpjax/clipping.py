@@ -23,6 +23,20 @@ Formal guarantees:
   contributes 0), so a NaN cannot escape the bound.
   With `norm_ord=1` the same holds with L1 norms: ||S(D) - S(D')||_1 <= C.
 
+  Clip styles (`CLIP_STYLES`, the same in every engine of
+  `dpjax.grad_engines`), with g_{i,l} example i's gradient of leaf l
+  (L trainable leaves) and n_i its flat norm:
+  * 'flat' (default): the factor above, one per example.
+  * 'per_layer': each leaf is clipped on its own to the bound C_l = C /
+    sqrt(L) (L2; C / L for L1), c_{i,l} = m_i min(1, C_l / ||g_{i,l}||).
+    Example i's clipped contribution has squared L2 norm <= sum_l C_l^2 =
+    C^2 (the L2 sensitivity of the concatenated sum is the root of the sum
+    of squared group bounds), so the bound C and the noise sigma C are
+    unchanged.
+  * 'automatic' (Bu et al. 2023, "normalize"): c_i = m_i C / (n_i + gamma),
+    gamma > 0; ||c_i g_i|| = C n_i / (n_i + gamma) < C.
+  Non-finite norms give factor 0 in every style.
+
   Float32 rule: the norms, the clip factors, the clipped sum and its
   accumulation across micro-batches are float32 whatever the parameter,
   gradient or compute dtype (per-example gradients are cast to float32 before
@@ -64,6 +78,8 @@ class ClipStats(NamedTuple):
 
 
 NORM_ORDS = (1, 2)
+CLIP_STYLES = ('flat', 'per_layer', 'automatic')
+AUTOMATIC_GAMMA = 0.01   # Bu et al.'s default stability constant
 
 
 def global_norms(per_example: PyTree, norm_ord: int = 2) -> jax.Array:
@@ -89,6 +105,93 @@ def clip_factors(norms: jax.Array, mask: jax.Array,
   factor = jnp.minimum(1.0, l2_clip_norm / jnp.maximum(safe, 1e-30))
   factor = jnp.where(finite, factor, 0.0)
   return factor * mask.astype(jnp.float32)
+
+
+def leaf_norms(per_example: PyTree, norm_ord: int = 2) -> jax.Array:
+  """[B, L]: each example's L2 (or L1) norm of each leaf, in tree order."""
+  if norm_ord not in NORM_ORDS:
+    raise ValueError(f'norm_ord must be one of {NORM_ORDS}, got {norm_ord!r}.')
+  cols = []
+  for x in jax.tree.leaves(per_example):
+    x = jnp.reshape(x.astype(jnp.float32), (x.shape[0], -1))
+    cols.append(jnp.sum(jnp.abs(x), axis=1) if norm_ord == 1
+                else jnp.sqrt(jnp.sum(x * x, axis=1)))
+  return jnp.stack(cols, axis=1)
+
+
+def combine_leaf_norms(norms_by_leaf: jax.Array, norm_ord: int = 2
+                       ) -> jax.Array:
+  """[B, L] leaf norms -> [B] flat norms (root of squares; sum for L1)."""
+  if norm_ord == 1:
+    return jnp.sum(norms_by_leaf, axis=1)
+  return jnp.sqrt(jnp.sum(norms_by_leaf * norms_by_leaf, axis=1))
+
+
+def check_style(style: str, gamma: float = AUTOMATIC_GAMMA) -> None:
+  if style not in CLIP_STYLES:
+    raise ValueError(f'clip style must be one of {CLIP_STYLES}, got '
+                     f'{style!r}.')
+  if style == 'automatic' and not gamma > 0:
+    raise ValueError(f'automatic clipping needs gamma > 0, got {gamma!r}.')
+
+
+def style_clip_factors(norms_by_leaf: jax.Array, mask: jax.Array,
+                       clip_norm: float | jax.Array, *, style: str = 'flat',
+                       norm_ord: int = 2, gamma: float = AUTOMATIC_GAMMA
+                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Clip factors of a clip style (module docstring) from per-leaf norms.
+
+  Args:
+    norms_by_leaf: [B, L] float32, example i's norm of leaf l.
+    mask: [B], 1 for real examples.
+    clip_norm: C > 0, the bound on each example's whole contribution.
+    style: 'flat', 'per_layer' or 'automatic'.
+    norm_ord: 2 or 1 (the norm of `norms_by_leaf` and of the bound).
+    gamma: automatic clipping's stability constant (> 0).
+
+  Returns:
+    (factors [B, L] float32, flat norms [B], clipped [B] float32: 1 where a
+    real example was scaled down).
+  """
+  check_style(style, gamma)
+  m = mask.astype(jnp.float32)
+  norms = combine_leaf_norms(norms_by_leaf, norm_ord)
+  num_leaves = norms_by_leaf.shape[1]
+  if style == 'flat':
+    f = clip_factors(norms, mask, clip_norm)
+    clipped = m * (norms > clip_norm)
+    return jnp.broadcast_to(f[:, None], norms_by_leaf.shape), norms, clipped
+  if style == 'per_layer':
+    split = (num_leaves if norm_ord == 1 else num_leaves ** 0.5)
+    bound = clip_norm / split
+    f = clip_factors(norms_by_leaf, m[:, None], bound)
+    clipped = m * jnp.any(norms_by_leaf > bound, axis=1)
+    return f, norms, clipped
+  finite = jnp.isfinite(norms)
+  f = clip_norm / (jnp.where(finite, norms, 0.0) + gamma)
+  f = jnp.where(finite, f, 0.0) * m
+  clipped = m * (norms > clip_norm)
+  return jnp.broadcast_to(f[:, None], norms_by_leaf.shape), norms, clipped
+
+
+def styled_clipped_sum(per_example: PyTree, mask: jax.Array,
+                       clip_norm: float | jax.Array, *, style: str = 'flat',
+                       norm_ord: int = 2, gamma: float = AUTOMATIC_GAMMA
+                       ) -> tuple[PyTree, jax.Array, jax.Array]:
+  """`clipped_sum` for any clip style: (sum, norms [B], clipped [B])."""
+  if style == 'flat':
+    total, norms = clipped_sum(per_example, mask, clip_norm, norm_ord)
+    m = mask.astype(jnp.float32)
+    return total, norms, m * (norms > clip_norm)
+  factors, norms, clipped = style_clip_factors(
+      leaf_norms(per_example, norm_ord), mask, clip_norm, style=style,
+      norm_ord=norm_ord, gamma=gamma)
+  leaves, treedef = jax.tree.flatten(per_example)
+  summed = [jnp.tensordot(factors[:, j],
+                          jnp.where(jnp.isfinite(x), x, 0).astype(jnp.float32),
+                          axes=1, precision=jax.lax.Precision.HIGHEST)
+            for j, x in enumerate(leaves)]
+  return jax.tree.unflatten(treedef, summed), norms, clipped
 
 
 def clipped_sum(per_example: PyTree, mask: jax.Array,
@@ -188,6 +291,8 @@ def microbatched_clipped_sum(
     microbatch_size: int,
     norm_ord: int = 2,
     skip_padding_microbatches: bool = False,
+    clip_style: str = 'flat',
+    gamma: float = AUTOMATIC_GAMMA,
 ) -> tuple[PyTree, ClipStats, jax.Array]:
   """Clipped sum over a padded batch, micro-batch by micro-batch.
 
@@ -210,12 +315,16 @@ def microbatched_clipped_sum(
       (how many micro-batches held a real record) to anyone who can time the
       step. That timing channel is outside the formal guarantee; use True
       only where step times are not observable. The sums are equal.
+    clip_style: 'flat', 'per_layer' (each trainable leaf to C / sqrt(L)) or
+      'automatic' (C / (norm + gamma)); see the module docstring.
+    gamma: automatic clipping's stability constant.
 
   Returns:
     (float32 clipped sum, ClipStats, float32 per-example norms [B]). The sum
     is accumulated across micro-batches in float32 whatever the dtype of
     `trainable`.
   """
+  check_style(clip_style, gamma)
   size = mask.shape[0]
   if size % microbatch_size:
     raise ValueError(f'batch of {size} is not a multiple of microbatch_size '
@@ -238,11 +347,13 @@ def microbatched_clipped_sum(
 
     def compute(_):
       losses, grads = grad_fn(trainable, mb, mkeys)
-      summed, norms = clipped_sum(grads, mmask, l2_clip_norm, norm_ord)
+      summed, norms, clipped = styled_clipped_sum(
+          grads, mmask, l2_clip_norm, style=clip_style, norm_ord=norm_ord,
+          gamma=gamma)
       m = mmask.astype(jnp.float32)
       stats = ClipStats(
           num_examples=jnp.sum(m),
-          num_clipped=jnp.sum(m * (norms > l2_clip_norm)),
+          num_clipped=jnp.sum(clipped),
           norm_sum=jnp.sum(m * jnp.where(jnp.isfinite(norms), norms, 0.)),
           loss_sum=jnp.sum(m * jnp.where(jnp.isfinite(losses), losses, 0.)))
       return summed, stats, norms

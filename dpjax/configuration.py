@@ -189,6 +189,14 @@ def validate(config) -> None:
   _number(config, 'train.weight_decay', 0)
   _number(config, 'train.momentum', 0, 1, hi_open=True)
   _number(config, 'train.ema_decay', 0, 1, hi_open=True)
+  _choice(config, 'train.grad_engine', ('vmap', 'bookkeeping', 'auto'))
+  _choice(config, 'train.bookkeeping_method', ('auto', 'gram', 'instantiate'))
+  style = _choice(config, 'train.clip_style',
+                  ('flat', 'per_layer', 'automatic'))
+  _number(config, 'train.automatic_clip_gamma', 0, lo_open=True)
+  _check(not (style != 'flat' and _get(config, 'dp_adam_ac.enabled')),
+         'train.clip_style', style, "'flat' with dp_adam_ac.enabled (its "
+         'adaptive clip norm and clip count are for one flat norm)')
   v = _get(config, 'train.skip_padding_microbatches')
   _check(isinstance(v, bool), 'train.skip_padding_microbatches', v,
          'True or False')

@@ -1,8 +1,9 @@
 """The jitted RGP training step (reparametrized gradient perturbation).
 
-`make_rgp_train_step` is `dpjax.steps.make_train_step` for RGP (Yu et al.
-2021, as used by EW-Tune): same `step(state, frozen, batch, mask,
-dropout_key) -> (state, metrics)` interface, same `TrainState` (the trainable
+`RGPEngine` is RGP's gradient engine (`dpjax.grad_engines`) and
+`make_rgp_train_step` the one training step `dpjax.steps.make_train_step`
+driven by it (Yu et al. 2021, as used by EW-Tune): same `step(state, frozen,
+batch, mask, dropout_key, record_ids) -> (state, metrics)` interface, same `TrainState` (the trainable
 tree holds the FULL target kernels, see peft mode 'rgp'), same chain state
 (`optimizers.chain(stages).init(trainable)`), same metrics. Per step:
 
@@ -56,13 +57,14 @@ Formal guarantees:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from dpjax import clipping
+from dpjax import grad_engines
 from dpjax import optimizers
 from dpjax import rgp
 from dpjax import steps
@@ -107,7 +109,8 @@ def carrier_clipped_sum(loss_fn: Callable[..., jax.Array], trainable: PyTree,
                         keys: jax.Array, *, l2_clip_norm: float | jax.Array,
                         microbatch_size: int, clip_norm_ord: int = 2,
                         extra_grad_scale: float = 1.0,
-                        skip_padding_microbatches: bool = False
+                        skip_padding_microbatches: bool = False,
+                        clip_style: str = 'flat'
                         ) -> tuple[PyTree, clipping.ClipStats, jax.Array]:
   """The clipped sum that RGP privatizes, in carrier space.
 
@@ -144,7 +147,8 @@ def carrier_clipped_sum(loss_fn: Callable[..., jax.Array], trainable: PyTree,
   return clipping.microbatched_clipped_sum(
       record_loss, diff, batch, mask, keys, l2_clip_norm=l2_clip_norm,
       microbatch_size=microbatch_size, norm_ord=clip_norm_ord,
-      skip_padding_microbatches=skip_padding_microbatches)
+      skip_padding_microbatches=skip_padding_microbatches,
+      clip_style=clip_style)
 
 
 def make_rgp_train_step(loss_fn: Callable[..., jax.Array],
@@ -155,11 +159,13 @@ def make_rgp_train_step(loss_fn: Callable[..., jax.Array],
                         cross_sign: float = -1.0,
                         clip_norm_ord: int = 2,
                         extra_grad_scale: float = 1.0,
-                        skip_padding_microbatches: bool = False
+                        skip_padding_microbatches: bool = False,
+                        clip_style: str = 'flat'
                         ) -> Callable[..., tuple]:
   """`step(state, frozen, batch, mask, dropout_key, record_ids) -> (state, metrics)`.
 
-  Per-record dropout keys as in `dpjax.steps.record_keys`.
+  `steps.make_train_step(rgp_engine(...), stages, ...)`. Per-record dropout
+  keys as in `dpjax.steps.record_keys`.
 
   Args:
     loss_fn: `loss_fn(trainable, frozen, example, key) -> scalar` for one
@@ -189,6 +195,24 @@ def make_rgp_train_step(loss_fn: Callable[..., jax.Array],
 
   The caller jits the returned function (with donation of `state`).
   """
+  if not l2_clip_norm > 0:
+    raise ValueError(f'l2_clip_norm must be > 0, got {l2_clip_norm!r}.')
+  engine = rgp_engine(
+      loss_fn, targets=targets, rank=rank, microbatch_size=microbatch_size,
+      key=key, power_iters=power_iters, cross_sign=cross_sign,
+      clip_norm_ord=clip_norm_ord, extra_grad_scale=extra_grad_scale,
+      skip_padding_microbatches=skip_padding_microbatches,
+      clip_style=clip_style)
+  return steps.make_train_step(engine, stages, l2_clip_norm=l2_clip_norm)
+
+
+def rgp_engine(loss_fn: Callable[..., jax.Array], *, targets: Sequence[str],
+               rank: int, microbatch_size: int, key: jax.Array,
+               power_iters: int = 1, cross_sign: float = -1.0,
+               clip_norm_ord: int = 2, extra_grad_scale: float = 1.0,
+               skip_padding_microbatches: bool = False,
+               clip_style: str = 'flat') -> 'RGPEngine':
+  """A validated `RGPEngine` (arguments as `make_rgp_train_step`)."""
   targets = tuple(targets)
   if not targets:
     raise ValueError('rgp targets is empty: name at least one 2-D kernel.')
@@ -199,14 +223,12 @@ def make_rgp_train_step(loss_fn: Callable[..., jax.Array],
   if not (isinstance(power_iters, int) and power_iters >= 1):
     raise ValueError(f'power_iters must be an integer >= 1, got '
                      f'{power_iters!r}.')
-  if not l2_clip_norm > 0:
-    raise ValueError(f'l2_clip_norm must be > 0, got {l2_clip_norm!r}.')
   if not (isinstance(microbatch_size, int) and microbatch_size >= 1):
     raise ValueError(f'microbatch_size must be an integer >= 1, got '
                      f'{microbatch_size!r}.')
   if not (isinstance(key, jax.Array) and
           jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
-    raise TypeError('make_rgp_train_step needs a typed PRNG key from '
+    raise TypeError('the RGP engine needs a typed PRNG key from '
                     'jax.random.key().')
   if not (isinstance(extra_grad_scale, (int, float)) and
           extra_grad_scale > 0):
@@ -216,46 +238,55 @@ def make_rgp_train_step(loss_fn: Callable[..., jax.Array],
     raise ValueError(f'cross_sign must be -1 or +1, got {cross_sign!r}.')
   cross_sign = float(cross_sign)
 
-  def step(state: steps.TrainState, frozen, batch, mask, dropout_key,
-           record_ids):
-    trainable = state.trainable
-    bases = step_bases(key, state.step, trainable, targets, rank, power_iters)
-    keys = steps.record_keys(dropout_key, state.step, record_ids)
-    total, stats, _ = carrier_clipped_sum(
-        loss_fn, trainable, frozen, bases, batch, mask, keys,
-        l2_clip_norm=l2_clip_norm, microbatch_size=microbatch_size,
-        clip_norm_ord=clip_norm_ord, extra_grad_scale=extra_grad_scale,
-        skip_padding_microbatches=skip_padding_microbatches)
+  clipping.check_style(clip_style)
+  return RGPEngine(loss_fn, targets=targets, rank=rank, key=key,
+                   microbatch_size=microbatch_size, power_iters=power_iters,
+                   cross_sign=cross_sign, norm_ord=clip_norm_ord,
+                   extra_grad_scale=float(extra_grad_scale),
+                   skip_padding_microbatches=skip_padding_microbatches,
+                   clip_style=clip_style)
 
-    opt_state = state.opt_state
-    noised, noise_state = stages.noise.update(total, opt_state[1])
-    scaled, norm_state = stages.normalize.update(noised, opt_state[2])
 
-    recon = rgp.reconstruct(scaled['carriers'], bases, cross_sign)
+@dataclasses.dataclass(frozen=True)
+class RGPEngine:
+  """RGP's clipped sum in carrier space (`dpjax.grad_engines` interface).
+
+  `clipped_sum` computes the step's bases (`step_bases`) and the clipped
+  carrier sum (`carrier_clipped_sum`); `to_gradient` maps the privatized
+  carriers back to full-shape kernel gradients (`dpjax.rgp.reconstruct`),
+  the other leaves as they are. Build it with `make_rgp_train_step`, which
+  or `rgp_engine`, which validate the arguments.
+  """
+  loss_fn: Callable[..., jax.Array]
+  targets: tuple[str, ...]
+  rank: int
+  key: jax.Array
+  microbatch_size: int
+  power_iters: int = 1
+  cross_sign: float = -1.0
+  norm_ord: int = 2
+  extra_grad_scale: float = 1.0
+  skip_padding_microbatches: bool = False
+  clip_style: str = 'flat'
+  name: str = 'rgp'
+
+  def clipped_sum(self, trainable, frozen, batch, mask, keys, *, clip_norm,
+                  step):
+    bases = step_bases(self.key, step, trainable, self.targets, self.rank,
+                       self.power_iters)
+    total, stats, norms = carrier_clipped_sum(
+        self.loss_fn, trainable, frozen, bases, batch, mask, keys,
+        l2_clip_norm=clip_norm, microbatch_size=self.microbatch_size,
+        clip_norm_ord=self.norm_ord, extra_grad_scale=self.extra_grad_scale,
+        skip_padding_microbatches=self.skip_padding_microbatches,
+        clip_style=self.clip_style)
+    return grad_engines.EngineOutput(total, stats, norms, bases)
+
+  def to_gradient(self, privatized, aux, trainable):
+    recon = rgp.reconstruct(privatized['carriers'], aux, self.cross_sign)
 
     def grad_leaf(path, x):
       p = rgp.path_str(path)
-      g = recon[p] if p in recon else scaled['other'][p]
+      g = recon[p] if p in recon else privatized['other'][p]
       return g.astype(x.dtype)
-    grads = jax.tree_util.tree_map_with_path(grad_leaf, trainable)
-
-    # As optax.chain: every stage gets the pre-update parameters.
-    updates, opt_inner = stages.optimizer.update(grads, opt_state[3],
-                                                 trainable)
-    updates, ema_state = stages.ema.update(updates, opt_state[4], trainable)
-    new_trainable = optax.apply_updates(trainable, updates)
-    new_opt_state = (opt_state[0], noise_state, norm_state, opt_inner,
-                     ema_state)
-    new_state = steps.TrainState(step=state.step + 1, trainable=new_trainable,
-                                 opt_state=new_opt_state)
-    n = jnp.maximum(stats.num_examples, 1.0)
-    metrics = {
-        'train_loss': stats.loss_sum / n,           # not privatized
-        'batch_size': stats.num_examples,           # not privatized
-        'clip_fraction': stats.num_clipped / n,     # not privatized
-        'mean_grad_norm': stats.norm_sum / n,       # not privatized (carriers)
-        'clip_norm': jnp.asarray(l2_clip_norm, jnp.float32),  # public
-    }
-    return new_state, metrics
-
-  return step
+    return jax.tree_util.tree_map_with_path(grad_leaf, trainable)

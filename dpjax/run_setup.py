@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+from absl import logging
 import jax
 import optax
 
 from dpjax import configuration
+from dpjax import grad_engines
 from dpjax import input_pipeline
 from dpjax import model_setup
 from dpjax import optimizers
@@ -137,34 +139,80 @@ def adaptive_stages(config, plan: PrivacyPlan, noise_key):
 
 
 def make_step(config, model, stages, plan: PrivacyPlan, clip_norm_fn,
-              rgp_key):
-  """The jittable step: DP-SGD-style, or RGP's carrier-space step.
+              rgp_key, data):
+  """The jittable step: `steps.make_train_step` with the run's engine.
 
   A non-private run with peft.mode='rgp' is RGP without clipping or noise
   (the same low-rank updates: the baseline for the private runs).
   """
+  choice = build_engine(config, model, plan, rgp_key, data)
+  clip = stages_clip(plan)
+  if config.peft.mode == 'rgp' and not plan.enabled:
+    clip = math.inf   # the RGP engine clips; a non-private run must not
+  return steps_lib.make_train_step(choice.engine, stages, l2_clip_norm=clip,
+                                   clip_norm_fn=clip_norm_fn)
+
+
+def build_engine(config, model, plan: PrivacyPlan, rgp_key, data):
+  """`grad_engines.Choice`: the run's gradient engine, checked at build time.
+
+  `train.grad_engine`: 'vmap', 'bookkeeping' (an error naming why, where
+  book-keeping cannot run the step) or 'auto' (book-keeping where every
+  trainable leaf is covered, else vmap). RGP has its own engine; a
+  non-private run uses the plain micro-batched gradient sum.
+
+  Raises:
+    ConfigError: on `train.grad_engine` when book-keeping was asked for and
+      cannot run this step.
+  """
+  tc = config.train
+  micro = tc.microbatch_size
+  skip = tc.skip_padding_microbatches
   if config.peft.mode == 'rgp':
     from dpjax import rgp_step  # pylint: disable=g-import-not-at-top
-    return rgp_step.make_rgp_train_step(
-        model.loss_fn, stages, targets=model.rgp_targets,
-        rank=config.peft.rgp_rank,
-        l2_clip_norm=plan.clip_norm if plan.enabled else math.inf,
-        microbatch_size=config.train.microbatch_size, key=rgp_key,
+    if tc.grad_engine == 'bookkeeping':
+      raise configuration.ConfigError(
+          'train.grad_engine', "'bookkeeping' cannot run peft.mode='rgp' "
+          '(RGP clips carriers, which book-keeping does not tap)',
+          "'auto' or 'vmap'")
+    return grad_engines.Choice(rgp_step.rgp_engine(
+        model.loss_fn, targets=model.rgp_targets, rank=config.peft.rgp_rank,
+        microbatch_size=micro, key=rgp_key,
         power_iters=config.peft.rgp_power_iters,
         cross_sign=float(config.peft.rgp_cross_sign),
         clip_norm_ord=plan.clip_norm_ord,
         extra_grad_scale=float(config.peft.rgp_extra_grad_scale),
-        skip_padding_microbatches=config.train.skip_padding_microbatches)
+        skip_padding_microbatches=skip, clip_style=tc.clip_style), 'rgp')
   loss_fn = model.loss_fn
+  why_not = None
   if plan.user_sampling == 'uls':  # a user's records make one contribution
     from dpjax import user_level  # pylint: disable=g-import-not-at-top
     loss_fn = user_level.user_loss_fn(loss_fn)
-  return steps_lib.make_train_step(
-      loss_fn, optimizers.post_clip(stages),
-      l2_clip_norm=stages_clip(plan),
-      microbatch_size=config.train.microbatch_size, private=plan.enabled,
-      clip_norm_fn=clip_norm_fn, clip_norm_ord=plan.clip_norm_ord,
-      skip_padding_microbatches=config.train.skip_padding_microbatches)
+    why_not = ('user-level sampling (uls) vmaps over each user\'s records '
+               'inside the per-unit loss, which book-keeping taps cannot see '
+               'through')
+  if not plan.enabled:
+    return grad_engines.Choice(
+        grad_engines.NonPrivateEngine(loss_fn, micro), 'non-private run')
+  example = {k: jax.ShapeDtypeStruct((micro,) + v.shape[1:], v.dtype)
+             for k, v in data.train.items()}
+  keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), micro))
+  lora_scale = None
+  if config.peft.mode == 'lora':
+    lora_scale = float(config.peft.lora_alpha) / float(config.peft.lora_rank)
+  try:
+    choice = grad_engines.select(
+        tc.grad_engine, loss_fn=loss_fn, trainable=model.trainable,
+        frozen=model.frozen, example_batch=example, keys=keys,
+        microbatch_size=micro, norm_ord=plan.clip_norm_ord,
+        clip_style=tc.clip_style, gamma=tc.automatic_clip_gamma,
+        skip_padding_microbatches=skip, method=tc.bookkeeping_method,
+        lora_scale=lora_scale, bookkeeping_possible=why_not)
+  except ValueError as e:
+    raise configuration.ConfigError(
+        'train.grad_engine', str(e), "'auto' or 'vmap'") from e
+  logging.info('Gradient engine: %s (%s)', choice.engine.name, choice.reason)
+  return choice
 
 
 def stages_clip(plan: PrivacyPlan) -> float:

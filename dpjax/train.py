@@ -296,7 +296,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   train_step = jax.jit(run_setup.make_step(config, model, stages, plan,
                                            clip_norm_fn,
-                                           run_setup.rgp_key(config)),
+                                           run_setup.rgp_key(config),
+                                           data),
                        donate_argnums=(0,),
                        # The state keeps its placement (else XLA may pick
                        # another layout for small leaves: a recompile).

@@ -142,8 +142,8 @@ def compiled_step(method, stages, record_loss, args):
   """One jitted step per (model, method): every noise-dependent number lives
   in the chain state, so the noise levels share the compiled step."""
   if method != 'percentile_nonprivate':
-    return jax.jit(steps_lib.make_train_step(
-        record_loss, optimizers.post_clip(stages), l2_clip_norm=args.clip0,
+    return jax.jit(steps_lib.vmap_train_step(
+        record_loss, stages, l2_clip_norm=args.clip0,
         microbatch_size=args.microbatch,
         clip_norm_fn=dp_adam_ac.current_clip_norm))
   # The paper's rule needs the raw per-example norms, which make_train_step

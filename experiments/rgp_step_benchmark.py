@@ -71,6 +71,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import step_benchmark  # pylint: disable=g-import-not-at-top
 from configs import ewtune_minilm  # pylint: disable=g-import-not-at-top
 from configs import minilm_genre  # pylint: disable=g-import-not-at-top
+from dpjax import grad_engines  # pylint: disable=g-import-not-at-top
 from dpjax import input_pipeline  # pylint: disable=g-import-not-at-top
 from dpjax import model_setup  # pylint: disable=g-import-not-at-top
 from dpjax import optimizers  # pylint: disable=g-import-not-at-top
@@ -133,7 +134,7 @@ def make_rgp_batchgrad_step(loss_fn, stages, *, targets, microbatch_size,
                        c['carriers'])
 
     record_loss = lambda c, ex, k: loss_fn(rebuild(c), frozen, ex, k)
-    total, stats = steps_lib.nonprivate_grad_sum(
+    total, stats = grad_engines.nonprivate_grad_sum(
         record_loss, diff, batch, mask, keys, microbatch_size=microbatch_size)
     opt_state = state.opt_state
     noised, noise_state = stages.noise.update(total, opt_state[1])
@@ -188,8 +189,8 @@ def variants(full, rgpm, batch, *, micros, ema):
     return optax.apply_updates(trainable, u), (opt_state[0],) + tuple(post)
 
   def std(model, stages, m, private):
-    return jax.jit(steps_lib.make_train_step(
-        model.loss_fn, optimizers.post_clip(stages), l2_clip_norm=CLIP,
+    return jax.jit(steps_lib.vmap_train_step(
+        model.loss_fn, stages, l2_clip_norm=CLIP,
         microbatch_size=m, private=private), donate_argnums=(0,))
 
   def rgp_fn(stages, m, clip):

@@ -91,7 +91,7 @@ def compiled_step(loss, params, batch, mask, ids, noise_key, dropout_key,
   stages = optimizers.dp_stages(l2_clip_norm=1.0, noise_multiplier=1.0,
                                 expected_batch_size=b, learning_rate=1e-3,
                                 key=noise_key, ema_decay=0.0)
-  step = steps_lib.make_train_step(loss, optimizers.post_clip(stages),
+  step = steps_lib.vmap_train_step(loss, stages,
                                    l2_clip_norm=1.0, microbatch_size=micro)
   tx = optimizers.chain(stages)
 

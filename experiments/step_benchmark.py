@@ -123,7 +123,7 @@ def variants(loss, trainable, frozen, batch, *, microbatches=(4, 8)):
                             key=jax.random.key(1), ema_decay=0.0)
 
   def step(stages, m, private):
-    return steps_lib.make_train_step(loss, optimizers.post_clip(stages),
+    return steps_lib.vmap_train_step(loss, stages,
                                      l2_clip_norm=1.0, microbatch_size=m,
                                      private=private)
   mask = jnp.ones((b,), jnp.float32)

@@ -142,7 +142,7 @@ def variants(loss, trainable, frozen, train, plan):
                user_level.gather_batch(train, idx).items()}
       ids = jnp.asarray(idx, jnp.int32)
     mask = jnp.ones((units,), jnp.float32)
-    step = steps_lib.make_train_step(step_loss, optimizers.post_clip(stages),
+    step = steps_lib.vmap_train_step(step_loss, stages,
                                      l2_clip_norm=1.0, microbatch_size=micro,
                                      private=True)
 

@@ -142,3 +142,90 @@ def test_partly_non_finite_example_contributes_nothing():
   per_ex = {'w': jnp.asarray([[jnp.nan, 100.0], [3.0, 4.0]], jnp.float32)}
   s, _ = clipping.clipped_sum(per_ex, jnp.ones(2), 1.0)
   np.testing.assert_allclose(np.asarray(s['w']), [0.6, 0.8], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Clip styles: per-layer and automatic clipping against loops.
+
+
+def _leafwise(g):
+  return [np.ravel(x) for x in jax.tree.leaves(g)]
+
+
+def _style_loop(loop, mask, clip, style, gamma=clipping.AUTOMATIC_GAMMA):
+  """The clipped sum by its definition (module docstring), leaf by leaf."""
+  total = None
+  for g, m in zip(loop, mask):
+    leaves = _leafwise(g)
+    n = np.sqrt(sum(np.sum(x ** 2) for x in leaves))
+    if style == 'per_layer':
+      bound = clip / np.sqrt(len(leaves))
+      parts = [x * min(1.0, bound / np.linalg.norm(x)) for x in leaves]
+    else:
+      parts = [x * clip / (n + gamma) for x in leaves]
+    flat = np.concatenate(parts) * m
+    total = flat if total is None else total + flat
+  return total
+
+
+@pytest.mark.parametrize('style', ['per_layer', 'automatic'])
+@pytest.mark.parametrize('clip', [0.05, 0.5, 50.0])
+def test_clip_styles_equal_loop(style, clip):
+  params, batch, keys = _setup(scale=3.0)
+  loop = _loop_grads(params, batch, keys)
+  mask = np.ones(12, np.float32)
+  mask[[3, 7]] = 0
+  total, stats, norms = clipping.microbatched_clipped_sum(
+      _loss, params, batch, jnp.asarray(mask), keys, l2_clip_norm=clip,
+      microbatch_size=4, clip_style=style)
+  np.testing.assert_allclose(_flat(total), _style_loop(loop, mask, clip, style),
+                             rtol=2e-5, atol=1e-6)
+  np.testing.assert_allclose(norms, [np.linalg.norm(_flat(g)) for g in loop],
+                             rtol=1e-5)
+  assert float(stats.num_examples) == 10
+
+
+def _big_per_example(n, seed):
+  """Per-example 'gradients' far above any clip norm, on 3 leaves."""
+  rng = np.random.default_rng(seed)
+  return {k: jnp.asarray(1e3 * rng.normal(size=(n,) + s), jnp.float32)
+          for k, s in (('b1', (7,)), ('w1', (5, 7)), ('w2', (7, 3)))}
+
+
+@pytest.mark.parametrize('style', clipping.CLIP_STYLES)
+def test_every_style_has_sensitivity_c_and_reaches_it(style):
+  """Removing one example moves the sum by at most C in L2; with huge
+  gradients every leaf is clipped, so per-layer reaches sqrt(L) (C/sqrt(L))
+  = C: a per-leaf bound of C (the planted bug) would give sqrt(3) C."""
+  clip = 0.7
+  worst = 0.0
+  for seed in range(3):
+    per_ex = _big_per_example(8, seed)
+    full = np.ones(8, np.float32)
+    s_full, _, _ = clipping.styled_clipped_sum(per_ex, jnp.asarray(full), clip,
+                                               style=style)
+    for i in range(8):
+      drop = full.copy()
+      drop[i] = 0
+      s_drop, _, _ = clipping.styled_clipped_sum(per_ex, jnp.asarray(drop),
+                                                 clip, style=style)
+      diff = np.linalg.norm(_flat(s_full) - _flat(s_drop))
+      assert diff <= clip * (1 + 1e-5), (style, diff)
+      worst = max(worst, diff)
+  assert worst > 0.99 * clip
+
+
+def test_per_layer_l1_bound_and_bad_styles():
+  params, batch, keys = _setup(n=6)
+  per_ex = _big_per_example(6, 0)
+  s, _, clipped = clipping.styled_clipped_sum(
+      jax.tree.map(lambda x: x[:1], per_ex), jnp.ones(1), 0.9,
+      style='per_layer', norm_ord=1)
+  assert abs(np.sum(np.abs(_flat(s))) - 0.9) < 1e-4   # 3 leaves of C/3 each
+  assert float(clipped[0]) == 1.0
+  with pytest.raises(ValueError, match='clip style'):
+    clipping.microbatched_clipped_sum(_loss, params, batch, jnp.ones(6), keys,
+                                      l2_clip_norm=1.0, microbatch_size=2,
+                                      clip_style='perlayer')
+  with pytest.raises(ValueError, match='gamma'):
+    clipping.check_style('automatic', 0.0)

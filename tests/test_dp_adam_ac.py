@@ -219,8 +219,8 @@ def test_make_train_step_with_raw_count_equals_research_path():
   kw = _kw(count_centered=False, count_noise_std=3.0)
   stages = dp_adam_ac.dp_adam_ac_stages(**kw)
   loss = lambda p, frozen, ex, k: _loss(p, ex['x'], ex['y'])
-  step = jax.jit(steps_lib.make_train_step(
-      loss, optimizers.post_clip(stages), l2_clip_norm=1.0, microbatch_size=4,
+  step = jax.jit(steps_lib.vmap_train_step(
+      loss, stages, l2_clip_norm=1.0, microbatch_size=4,
       clip_norm_fn=dp_adam_ac.current_clip_norm))
   state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32), trainable=params,
                                opt_state=optimizers.chain(stages).init(params))

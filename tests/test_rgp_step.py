@@ -134,7 +134,7 @@ def test_full_rank_no_noise_equals_dp_sgd_step(optimizer):
   trainable, frozen = _split()
   batch, mask = _batch()
   st = _stages(optimizer=optimizer, ema_decay=0.5)
-  ref_step = steps.make_train_step(_loss, optimizers.post_clip(st),
+  ref_step = steps.vmap_train_step(_loss, st,
                                    l2_clip_norm=1e6, microbatch_size=4,
                                    private=True)
   ref, ref_m = ref_step(_state(trainable, st), frozen, batch, mask,
@@ -268,7 +268,7 @@ def test_noise_only_in_carrier_space():
       rtol=0.2)
   np.testing.assert_allclose(np.std(np.concatenate(head)), std, rtol=0.2)
   # The same noise on the full gradient (ordinary DP-SGD) is full rank.
-  ref_step = steps.make_train_step(_zero_loss, optimizers.post_clip(st),
+  ref_step = steps.vmap_train_step(_zero_loss, st,
                                    l2_clip_norm=clip, microbatch_size=4)
   ref, _ = ref_step(_state(trainable, st), frozen, batch, mask,
                     jax.random.key(0), jnp.arange(mask.shape[0]))

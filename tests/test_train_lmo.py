@@ -98,7 +98,7 @@ def test_lmo_step_clips_in_l1_and_adds_scaled_lmo_noise():
   def loss_fn(t, frozen, ex, k):
     del frozen, k
     return jnp.dot(t['w'], ex['x'])
-  step = steps_lib.make_train_step(loss_fn, optimizers.post_clip(stages),
+  step = steps_lib.vmap_train_step(loss_fn, stages,
                                    l2_clip_norm=1.0, microbatch_size=2,
                                    clip_norm_ord=1)
   x = np.array([[3.0, -1.0, 0.0], [0.2, 0.1, 0.0], [10., 10., 10.],

@@ -176,7 +176,8 @@ def path_name(config, num_devices: int) -> str:
 
 
 def placed_step(config, model, stages: optimizers.DPStages, plan,
-                clip_norm_fn, mesh, secret: randomness.SecretRandomness):
+                clip_norm_fn, mesh, secret: randomness.SecretRandomness,
+                data):
   """(state, frozen, jitted step, dropout key) of `stages`, placed on `mesh`
   as the trainer places them; the step is not donated (audits replay it)."""
   state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32),
@@ -187,7 +188,8 @@ def placed_step(config, model, stages: optimizers.DPStages, plan,
   frozen = jax.device_put(model.frozen,
                           sharding.config_shardings(model.frozen, mesh, config))
   step = jax.jit(run_setup.make_step(config, model, stages, plan,
-                                     clip_norm_fn, run_setup.rgp_key(config)))
+                                     clip_norm_fn, run_setup.rgp_key(config),
+                                     data))
   dropout_key = jax.device_put(secret.dropout_key(),
                                sharding.replicated(mesh))
   return state, frozen, step, dropout_key
@@ -244,7 +246,8 @@ def build_harness(config, *, seed: int | None = None) -> StepHarness:
                  '2C, which follows from add/remove C (triangle inequality)')
   cap = capture_stages(stages)
   state, frozen, step, dropout_key = placed_step(config, model, cap, plan,
-                                                 clip_norm_fn, mesh, secret)
+                                                 clip_norm_fn, mesh, secret,
+                                                 data)
   return StepHarness(
       config=config, model=model, data=data, plan=plan, secret=secret,
       path=path_name(config, n_data), norm_ord=int(plan.clip_norm_ord),

@@ -318,7 +318,7 @@ def probe_config(config, *, seed: int | None = None,
   probe = stages._replace(noise=tap(real_noise), optimizer=pass_through(),
                           ema=optax.identity())
   state, frozen, step_fn, dropout_key = capture.placed_step(
-      config, model, probe, plan, clip_norm_fn, mesh, secret)
+      config, model, probe, plan, clip_norm_fn, mesh, secret, data)
   batch_sh = sharding.batch_sharding(mesh)
   sampler = train_lib.make_sampler(config, plan, secret.sampler_seed(),
                                    run_setup.data_users(data))
