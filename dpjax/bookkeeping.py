@@ -78,6 +78,7 @@ uncovered leaves (`NotCovered`), LoRA leaves without `lora_scale`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import math
 from typing import Any, Callable, NamedTuple
@@ -230,6 +231,13 @@ class _Tapper:
 
   def __call__(self, next_fun, args, kwargs, context):
     module, method = context.module, context.method_name
+    if type(module).__module__ == 'flax.linen.transforms':
+      # A lifted transform (nn.remat, nn.scan, ...): taps inside would leak.
+      raise ValueError(
+          f'book-keeping clipping cannot tap layers inside the lifted '
+          f'transform {type(module).__name__} (e.g. nn.remat: jax.checkpoint '
+          'would leak the taps\' tracers); set model.remat=False or use the '
+          'vmap engine.')
     kind = _kind(module, method, kwargs)
     if kind is None:
       return next_fun(*args, **kwargs)
@@ -296,7 +304,8 @@ def _one(record_loss, trainable, ex, key, perturb=None, needed=None,
 
 def check(record_loss: Callable[..., jax.Array], trainable: PyTree,
           example_batch: dict[str, Any], keys: Any, *, method: str = 'auto',
-          lora_scale: float | None = None, norm_ord: int = 2) -> Plan:
+          lora_scale: float | None = None, norm_ord: int = 2,
+          _trace: bool = True) -> Plan:
   """Discovers the taps (shapes only, `jax.eval_shape`) and checks coverage.
 
   Args:
@@ -322,16 +331,11 @@ def check(record_loss: Callable[..., jax.Array], trainable: PyTree,
   box = []
 
   def probe(t, b, k):
-    one = lambda ex, key: _one(record_loss, t, ex, key, box=box)[1:]
-    return jax.vmap(one)(b, k)
+    return jax.vmap(lambda ex, key: _one(record_loss, t, ex, key,
+                                         box=box)[1:])(b, k)
 
-  try:
+  with _remat_error():
     saved, outs = jax.eval_shape(probe, trainable, example_batch, keys)
-  except (jax.errors.UnexpectedTracerError, jax.errors.TracerBoolConversionError,
-          jax.errors.ConcretizationTypeError) as e:
-    raise ValueError('book-keeping clipping cannot tap layers inside nn.remat '
-                     '(remat / jax.checkpoint leaks the taps\' tracers); set '
-                     'model.remat=False or use the vmap engine.') from e
   calls = box[-1].calls
   uses = _leaf_uses(calls, flat)
   uncovered = [p for p in flat if p not in uses]
@@ -356,8 +360,25 @@ def check(record_loss: Callable[..., jax.Array], trainable: PyTree,
     leaves[path] = (choice, keys_)
   out_shapes = {k: jax.ShapeDtypeStruct(s.shape[1:], s.dtype)
                 for k, s in outs.items() if k in needed}
-  return Plan(tuple(c for c in calls if c.key in needed), leaves, out_shapes,
-              lora_scale)
+  plan_ = Plan(tuple(c for c in calls if c.key in needed), leaves, out_shapes,
+               lora_scale)
+  if _trace:   # trace the real computation: a tap inside remat leaks here
+    m = jax.tree.leaves(example_batch)[0].shape[0]
+    with _remat_error():
+      jax.eval_shape(lambda t, b, k: _bk_micro(
+          record_loss, t, plan_, b, jnp.ones((m,)), k, 1.0, 'flat', 1.0),
+                     trainable, example_batch, keys)
+  return plan_
+
+
+@contextlib.contextmanager
+def _remat_error():
+  try:
+    yield
+  except jax.errors.UnexpectedTracerError as e:
+    raise ValueError('book-keeping clipping cannot tap layers inside nn.remat '
+                     '(jax.checkpoint leaks the taps\' tracers); set '
+                     'model.remat=False or use the vmap engine.') from e
 
 
 def _seq(x, b, ids=False):
@@ -519,7 +540,7 @@ def _run(record_loss, trainable, batch, mask, keys, *, clip_norm,
   first = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
                        xs)
   plan_ = check(record_loss, trainable, first[0], first[2], method=method,
-                lora_scale=lora_scale)
+                lora_scale=lora_scale, _trace=False)
   zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), trainable)
   z = jnp.zeros((), jnp.float32)
 
@@ -550,8 +571,9 @@ def _run(record_loss, trainable, batch, mask, keys, *, clip_norm,
     return ((jax.tree.map(jnp.add, acc_sum, s),
              jax.tree.map(jnp.add, acc_stats, stats)), (norms, losses))
 
-  (total, stats), (norms, losses) = jax.lax.scan(
-      body, (zeros, clipping.ClipStats(z, z, z, z)), xs)
+  with _remat_error():
+    (total, stats), (norms, losses) = jax.lax.scan(
+        body, (zeros, clipping.ClipStats(z, z, z, z)), xs)
   unmicro = lambda x: jnp.moveaxis(x, 0, 1).reshape((size,))
   return total, stats, unmicro(norms), unmicro(losses)
 
