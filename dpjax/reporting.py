@@ -158,11 +158,27 @@ def threat_model(plan, *, randomness: dict[str, Any] | None = None,
   return {'covers': covers, 'does_not_cover': gaps}
 
 
+def clipping_text(clipping: dict[str, Any] | None, clip_ord: int) -> str:
+  """How each example's contribution is bounded, in words."""
+  style = (clipping or {}).get('style', 'flat')
+  if style == 'flat':
+    return f'flat per-example L{clip_ord}'
+  leaves = (clipping or {}).get('num_leaves', 'L')
+  if style == 'per_layer':
+    bound = 'C/sqrt(L)' if clip_ord == 2 else 'C/L'
+    return (f'per-layer per-example L{clip_ord}: each of the L = {leaves} '
+            f'trainable leaves clipped to {bound}, so each example\'s '
+            f'contribution has L{clip_ord} norm <= C')
+  return (f'automatic (normalized) per-example L{clip_ord}: each gradient '
+          f"scaled by C / (norm + {clipping.get('gamma')}), norm < C")
+
+
 def build_report(plan, ledger, sampler, final: dict[str, Any],
                  accountants=('pld', 'rdp', 'edgeworth'),
                  extra_rows=None, mechanism_notes=None, *,
                  randomness: dict[str, Any] | None = None,
-                 skip_padding_microbatches: bool = False) -> dict[str, Any]:
+                 skip_padding_microbatches: bool = False,
+                 clipping: dict[str, Any] | None = None) -> dict[str, Any]:
   """The report as a dict (what `privacy_report.json` holds).
 
   Args:
@@ -178,6 +194,9 @@ def build_report(plan, ledger, sampler, final: dict[str, Any],
       'insecure_fixed_randomness_seed': int or None, 'secret_state': str}.
     skip_padding_microbatches: config.train.skip_padding_microbatches (a
       timing channel the threat model names).
+    clipping: {'style': 'flat' | 'per_layer' | 'automatic', 'gamma': float,
+      'num_leaves': int, 'engine': str, 'engine_reason': str}; None is flat
+      with the engine not stated.
 
   Returns:
     The report dict.
@@ -208,7 +227,11 @@ def build_report(plan, ledger, sampler, final: dict[str, Any],
               'LMO noise scale / L1 sensitivity of the clipped sum' if lmo
               else 'noise std / L2 sensitivity of the clipped sum'),
           'clip_norm': plan.clip_norm if plan.enabled else None,
-          'clipping': f'flat per-example L{clip_ord}',
+          'clipping': clipping_text(clipping, clip_ord),
+          'gradient_engine': ((clipping or {}).get('engine', 'not stated') +
+                              (f" ({clipping['engine_reason']})"
+                               if (clipping or {}).get('engine_reason')
+                               else '')),
           'sampling': plan.sampling,
           'sampling_rate_q': (plan.q if plan.batch_schedule is None else
                               'variable: q_t = B_t / N per step, see phases'),
@@ -342,14 +365,16 @@ def write_report(workdir: str, plan, ledger, sampler, final,
                  accountants=('pld', 'rdp', 'edgeworth'),
                  extra_rows=None, mechanism_notes=None, *,
                  randomness: dict[str, Any] | None = None,
-                 skip_padding_microbatches: bool = False) -> dict[str, Any]:
+                 skip_padding_microbatches: bool = False,
+                 clipping: dict[str, Any] | None = None) -> dict[str, Any]:
   """Writes `privacy_report.json` and `privacy_report.txt`; returns the dict.
 
   Arguments as in `build_report`.
   """
   report = build_report(plan, ledger, sampler, final, accountants, extra_rows,
                         mechanism_notes, randomness=randomness,
-                        skip_padding_microbatches=skip_padding_microbatches)
+                        skip_padding_microbatches=skip_padding_microbatches,
+                        clipping=clipping)
   _atomic_write(os.path.join(workdir, 'privacy_report.json'),
                 json.dumps(report, indent=2, default=_default))
   text = format_text(report)

@@ -139,13 +139,14 @@ def adaptive_stages(config, plan: PrivacyPlan, noise_key):
 
 
 def make_step(config, model, stages, plan: PrivacyPlan, clip_norm_fn,
-              rgp_key, data):
-  """The jittable step: `steps.make_train_step` with the run's engine.
+              rgp_key, data, *, choice=None):
+  """The jittable step: `steps.make_train_step` with the run's engine
+  (`choice`, else `build_engine`).
 
   A non-private run with peft.mode='rgp' is RGP without clipping or noise
   (the same low-rank updates: the baseline for the private runs).
   """
-  choice = build_engine(config, model, plan, rgp_key, data)
+  choice = choice or build_engine(config, model, plan, rgp_key, data)
   clip = stages_clip(plan)
   if config.peft.mode == 'rgp' and not plan.enabled:
     clip = math.inf   # the RGP engine clips; a non-private run must not
@@ -213,6 +214,17 @@ def build_engine(config, model, plan: PrivacyPlan, rgp_key, data):
         'train.grad_engine', str(e), "'auto' or 'vmap'") from e
   logging.info('Gradient engine: %s (%s)', choice.engine.name, choice.reason)
   return choice
+
+
+def clipping_description(config, model, choice) -> dict[str, Any]:
+  """The report's clipping fields: style, gamma, leaves and the engine."""
+  leaves = len(jax.tree.leaves(model.trainable))
+  if config.peft.mode == 'rgp':   # each target clipped as its 2 carriers
+    leaves += len(model.rgp_targets)
+  return {'style': config.train.clip_style,
+          'gamma': config.train.automatic_clip_gamma,
+          'num_leaves': leaves,
+          'engine': choice.engine.name, 'engine_reason': choice.reason}
 
 
 def stages_clip(plan: PrivacyPlan) -> float:

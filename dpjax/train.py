@@ -294,10 +294,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     ledger = ledger_lib.PrivacyLedger.from_dict(meta['ledger'])
     logging.info('Resumed from step %d', start)
 
+  engine = run_setup.build_engine(config, model, plan,
+                                  run_setup.rgp_key(config), data)
   train_step = jax.jit(run_setup.make_step(config, model, stages, plan,
                                            clip_norm_fn,
                                            run_setup.rgp_key(config),
-                                           data),
+                                           data, choice=engine),
                        donate_argnums=(0,),
                        # The state keeps its placement (else XLA may pick
                        # another layout for small leaves: a recompile).
@@ -417,7 +419,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       workdir, plan, ledger, sampler, final, accountants=accountants,
       extra_rows=extra_rows, mechanism_notes=ac_notes,
       randomness=dict(secret.describe(), secret_state=secret_state),
-      skip_padding_microbatches=config.train.skip_padding_microbatches)
+      skip_padding_microbatches=config.train.skip_padding_microbatches,
+      clipping=run_setup.clipping_description(config, model, engine))
   writer.close()
   if config.plot:
     metrics_lib.plot_run(os.path.join(workdir, 'metrics.jsonl'),

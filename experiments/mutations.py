@@ -155,6 +155,21 @@ MUTATIONS = [
        [_T_CLIP + '::test_sensitivity_add_or_remove_one_is_at_most_c',
         _T_CLIP + '::test_clipped_sum_equals_loop',
         _T_AUDIT + '::test_full_finetuning_passes_at_the_bound']),
+    _m('per_layer_bound_c_per_leaf', 'dpjax/clipping.py',
+       "split = (num_leaves if norm_ord == 1 else num_leaves ** 0.5)",
+       'split = 1.0',
+       'wrong_sensitivity', 'per-layer clipping bounds each of the L leaves '
+       'by C: the concatenated sum has sensitivity sqrt(L) C, the noise is '
+       'sigma C',
+       [_T_CLIP + '::test_every_style_has_sensitivity_c_and_reaches_it',
+        _T_CLIP + '::test_clip_styles_equal_loop']),
+    _m('automatic_clip_gamma_halved_norm', 'dpjax/clipping.py',
+       "f = clip_norm / (jnp.where(finite, norms, 0.0) + gamma)",
+       "f = clip_norm / (0.5 * jnp.where(finite, norms, 0.0) + gamma)",
+       'wrong_sensitivity', 'automatic clipping scales by C / (n/2 + gamma): '
+       'a contribution of norm up to 2C',
+       [_T_CLIP + '::test_every_style_has_sensitivity_c_and_reaches_it',
+        _T_CLIP + '::test_clip_styles_equal_loop']),
     _m('clip_skipped', 'dpjax/clipping.py',
        'factor = jnp.minimum(1.0, l2_clip_norm / jnp.maximum(safe, 1e-30))',
        'factor = jnp.ones_like(safe)',
@@ -267,22 +282,30 @@ MUTATIONS = [
         _T_TRAIN_LMO + '::test_lmo_run_is_calibrated_and_accounted_with_the_'
         'sound_bound', AN_LMO]),
     # ----------------------------------------------------------------------
-    # RGP carrier noise (dpjax/rgp_step.py) and clip (run_setup.py).
-    _m('rgp_noise_98pct', 'dpjax/rgp_step.py',
-       'noised, noise_state = stages.noise.update(total, opt_state[1])',
-       'noised, noise_state = stages.noise.update(total, opt_state[1]); '
-       'noised = jax.tree.map(lambda n, t: t + 0.98 * (n - t), noised, total)',
-       'less_noise', 'a 2% deficit of the noise on RGP\'s carrier sum',
+    # The step's noise call (dpjax/steps.py) and RGP's carrier clip.
+    _m('rgp_noise_98pct', 'dpjax/steps.py',
+       'noised, noise_state = noise.update(out.clipped_sum, opt_state[1], '
+       'params,\n                                       **extra)',
+       'noised, noise_state = noise.update(out.clipped_sum, opt_state[1], '
+       'params,\n                                       **extra)\n'
+       '    noised = jax.tree.map(lambda n, t: t + 0.98 * (n - t), noised, '
+       'out.clipped_sum)',
+       'less_noise', 'a 2% deficit of the noise in the one step (every '
+       'engine; caught on RGP\'s carrier sum)',
        [_T_RGP + '::test_noise_only_in_carrier_space', AN_RGP]),
-    _m('rgp_noise_95pct', 'dpjax/rgp_step.py',
-       'noised, noise_state = stages.noise.update(total, opt_state[1])',
-       'noised, noise_state = stages.noise.update(total, opt_state[1]); '
-       'noised = jax.tree.map(lambda n, t: t + 0.95 * (n - t), noised, total)',
-       'less_noise', 'a 5% deficit of the noise on RGP\'s carrier sum',
+    _m('rgp_noise_95pct', 'dpjax/steps.py',
+       'noised, noise_state = noise.update(out.clipped_sum, opt_state[1], '
+       'params,\n                                       **extra)',
+       'noised, noise_state = noise.update(out.clipped_sum, opt_state[1], '
+       'params,\n                                       **extra)\n'
+       '    noised = jax.tree.map(lambda n, t: t + 0.95 * (n - t), noised, '
+       'out.clipped_sum)',
+       'less_noise', 'a 5% deficit of the noise in the one step (every '
+       'engine; caught on RGP\'s carrier sum)',
        [_T_RGP + '::test_noise_only_in_carrier_space', AN_RGP]),
-    _m('rgp_clip_skipped', 'dpjax/run_setup.py',
-       'l2_clip_norm=plan.clip_norm if plan.enabled else math.inf,',
-       'l2_clip_norm=math.inf,',
+    _m('rgp_clip_skipped', 'dpjax/rgp_step.py',
+       'l2_clip_norm=clip_norm, microbatch_size=self.microbatch_size,',
+       'l2_clip_norm=jnp.inf, microbatch_size=self.microbatch_size,',
        'wrong_sensitivity', 'the trainer\'s RGP step does not clip the '
        'carrier gradients',
        [_T_AUDIT + '::test_rgp_passes_in_carrier_space']),

@@ -85,7 +85,7 @@ def full_harness():
 
 def test_full_finetuning_passes_at_the_bound(full_harness):
   h = full_harness
-  assert h.path == 'full/gaussian-L2/float32/dropout=0/devices=1'
+  assert h.path == 'full/gaussian-L2/float32/dropout=0/devices=1/bookkeeping'
   report = audit.replay(audit.target_of(h), **FAST)
   assert_passes_tightly(report)
   kinds = {(c.scenario, c.kind) for c in report.cases}
@@ -193,7 +193,7 @@ def test_eight_devices_pass_through_the_command(tmp_path):
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert 'PASS' in proc.stdout and 'devices=8' in proc.stdout
   rep = json.loads(out.read_text())
-  assert rep['passed'] and rep['report']['path'].endswith('devices=8')
+  assert rep['passed'] and rep['report']['path'].endswith('devices=8/bookkeeping')
   assert rep['report']['max_ratio'] <= 1 + TOL
 
 

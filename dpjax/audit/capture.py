@@ -158,8 +158,9 @@ class StepHarness:
     return jax.device_get(new_state.opt_state[1])
 
 
-def path_name(config, num_devices: int) -> str:
-  """E.g. 'full/gaussian-L2/float32/dropout=0/devices=1'."""
+def path_name(config, num_devices: int, engine: str | None = None) -> str:
+  """E.g. 'full/gaussian-L2/float32/dropout=0/devices=1/bookkeeping' (the
+  gradient engine last; the clip style before it when not flat)."""
   parts = [config.peft.mode]
   if config.dp_adam_ac.enabled:
     parts.append('dp_adam_ac')
@@ -172,12 +173,16 @@ def path_name(config, num_devices: int) -> str:
   parts += [mech, str(config.model.param_dtype),
             f'dropout={config.model.dropout_rate:g}',
             f'devices={num_devices}']
+  if config.train.clip_style != 'flat':
+    parts.append(f'clip={config.train.clip_style}')
+  if engine:
+    parts.append(engine)
   return '/'.join(parts)
 
 
 def placed_step(config, model, stages: optimizers.DPStages, plan,
                 clip_norm_fn, mesh, secret: randomness.SecretRandomness,
-                data):
+                data, choice=None):
   """(state, frozen, jitted step, dropout key) of `stages`, placed on `mesh`
   as the trainer places them; the step is not donated (audits replay it)."""
   state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32),
@@ -189,7 +194,7 @@ def placed_step(config, model, stages: optimizers.DPStages, plan,
                           sharding.config_shardings(model.frozen, mesh, config))
   step = jax.jit(run_setup.make_step(config, model, stages, plan,
                                      clip_norm_fn, run_setup.rgp_key(config),
-                                     data))
+                                     data, choice=choice))
   dropout_key = jax.device_put(secret.dropout_key(),
                                sharding.replicated(mesh))
   return state, frozen, step, dropout_key
@@ -245,12 +250,15 @@ def build_harness(config, *, seed: int | None = None) -> StepHarness:
     notes.append('shuffle sampling is accounted at replace-one sensitivity '
                  '2C, which follows from add/remove C (triangle inequality)')
   cap = capture_stages(stages)
+  engine = run_setup.build_engine(config, model, plan,
+                                  run_setup.rgp_key(config), data)
   state, frozen, step, dropout_key = placed_step(config, model, cap, plan,
                                                  clip_norm_fn, mesh, secret,
-                                                 data)
+                                                 data, choice=engine)
   return StepHarness(
       config=config, model=model, data=data, plan=plan, secret=secret,
-      path=path_name(config, n_data), norm_ord=int(plan.clip_norm_ord),
+      path=path_name(config, n_data, engine.engine.name),
+      norm_ord=int(plan.clip_norm_ord),
       clip_norm=clip, sensitivity=clip, count_sensitivity=count_sens,
       count_centered=centered, max_batch=int(config.train.max_batch_size),
       num_devices=n_data, notes=tuple(notes), step=step, state=state,
