@@ -1,84 +1,79 @@
 """Book-keeping (BK) clipping: the clipped sum without per-example gradients.
 
-`clipped_sum` takes the same arguments and returns the same values as the
-vmap engine, `dpjax.clipping.microbatched_clipped_sum`: the trainer's own
-per-record loss `record_loss(trainable, example, key)`, a padded batch, its
-mask and per-record keys. Per micro-batch (in `lax.scan`, strided as in
-`dpjax.clipping`) it runs the record loss once per example under `jax.vmap`
-with every tapped layer call (`flax.linen.intercept_methods`, no model edits)
-saving its input `a` and adding a zero perturbation to its output, then one
-`jax.grad` of the summed losses w.r.t. the perturbations only: that is each
-call's output gradient `g` (the trainable tree is closed over, so autodiff
-never forms a weight gradient). Running the per-record loss per example,
-rather than a batch forward, reuses the trainer's loss as is (causal LM or
-classification, PEFT `combine` included), gives each record its own dropout
-key exactly as the vmap engine does (dropout is exact), and handles inputs
-that are not batch-shaped (GPT-2's `wpe(arange(T)[None])`). Example i's
-gradient of a Dense kernel is `a_i^T g_i`; from (a, g) alone this module
-computes
-
-* per-example squared norms, per leaf either in the Gram form
+`clipped_sum` has the arguments and results of the vmap engine
+(`dpjax.clipping.microbatched_clipped_sum`): the trainer's per-record loss
+`record_loss(trainable, example, key)`, a padded batch, mask and per-record
+keys. Per micro-batch (`lax.scan`, strided as there) the record loss runs
+once per example under `jax.vmap`; every tapped layer call
+(`flax.linen.intercept_methods`, no model edits) saves its input `a` and adds
+a zero perturbation to its output, and one `jax.grad` of the summed losses
+w.r.t. the perturbations alone gives each call's output gradient `g` (the
+trainable tree is closed over: autodiff never forms a weight gradient).
+Running the per-record loss, not a batch forward, reuses the trainer's loss
+as is (causal LM or classification, PEFT `combine` included), gives each
+record its own dropout key exactly as the vmap engine does (dropout is
+exact), and handles inputs that are not batch-shaped (GPT-2's
+`wpe(arange(T)[None])`). Example i's gradient of a Dense kernel is
+`a_i^T g_i`; from (a, g) alone this module computes
+* per-example squared norms per leaf, in the Gram form
   `sum_{t,s} (a_t . a_s)(g_t . g_s)` (cost ~T^2) or by instantiating
-  `a_i^T g_i` (cost ~d_in d_out), chosen per leaf (`auto`: Gram when
-  2 T^2 < leaf size, as fastDP does), and exactly for small ('vector') leaves;
-* the clip factors of the clip style (`dpjax.clipping.style_clip_factors`:
-  'flat', 'per_layer', 'automatic') from the [B, L] per-leaf norms;
-* the clipped sum directly, `sum_i a_i^T (c_{i,l} g_i)` in float32: no second
-  backward pass and no per-example gradient of a large leaf.
+  `a_i^T g_i` (~d_in d_out), chosen per leaf (`auto`: Gram when 2 T^2 < leaf
+  size, as fastDP), exactly for small ('vector') leaves;
+* the clip factors of the style (`dpjax.clipping.style_clip_factors`) from
+  the [B, L] per-leaf norms;
+* the clipped sum directly, `sum_i a_i^T (c_{i,l} g_i)` in float32.
 
-Taps (exact module class and method; any input rank, flattened to tokens):
-  * `nn.Dense` (plain dot_general) and `dpjax.models.bitnet.BitLinear`:
-    kernel (factored; BitLinear's left factor is its quantized input cast to
-    `cfg.dtype`, the kernel's ternary quantization is a straight-through
+Taps (exact class and method; any input rank, flattened to tokens):
+  * `nn.Dense` (plain dot_general), `dpjax.models.bitnet.BitLinear`: kernel
+    (factored; BitLinear's left factor is its quantized input cast to
+    `cfg.dtype`, the ternary weight quantization is a straight-through
     identity) and bias (sum_t g_t);
-  * LoRA: `<path>/lora_a` [in, r], `<path>/lora_b` [r, out] of a tapped
-    Dense whose kernel `combine` merged as W + s A B (s = `lora_scale`):
-    dA_i = a_i^T (s g_i B^T), dB_i = (s a_i A)^T g_i, two factored leaves;
-  * `nn.Embed.__call__` (token, position, token-type lookups: a factored use
-    with a one-hot left factor) and `nn.Embed.attend` (tied head: `g^T x`);
-  * norm scales: `dpjax.models.llama.RMSNorm`, `dpjax.models.layers.RMSNorm`
-    (per-example `sum_t g_t * xhat_t`, xhat as each computes it) and
-    `nn.LayerNorm` (default axes, float32 statistics) scale and bias.
-PEFT 'full', 'bias_only', 'norms' are path matches (trainable paths are
-module paths plus the leaf name); frozen leaves cost nothing. A leaf used
-several times (a tied embedding, a Dense called twice) has as per-example
-gradient the sum of its uses; its squared norm includes every cross term
-(the Gram form runs over all pairs of uses), so it is exact.
+  * LoRA leaves `<path>/lora_a` [in, r], `<path>/lora_b` [r, out] of a
+    tapped Dense whose kernel `combine` merged as W + s A B (s =
+    `lora_scale`): dA_i = a_i^T (s g_i B^T), dB_i = (s a_i A)^T g_i;
+  * `nn.Embed.__call__` (token, position, token-type lookups: a one-hot left
+    factor) and `nn.Embed.attend` (tied head: `g^T x`);
+  * norms: `llama.RMSNorm`, `layers.RMSNorm` (scale: `sum_t g_t * xhat_t`,
+    xhat as each computes it) and `nn.LayerNorm` (default axes, float32
+    statistics: scale and bias).
+PEFT 'full', 'bias_only', 'norms': trainable paths are module paths plus the
+leaf name; frozen leaves cost nothing. A leaf used several times (a tied
+embedding) has as per-example gradient the sum of its uses; its Gram norm
+runs over all pairs of uses (cross terms included), so it is exact.
 
 Formal guarantees:
-  Output S = sum_i sum_l c_{i,l} v_{i,l} with v_{i,l} = the sum over every
-  tapped use of leaf l of example i's contribution, n_{i,l} = ||v_{i,l}||_2
-  (up to float32 rounding), and c_{i,l} from
-  `dpjax.clipping.style_clip_factors` of the [B, L] norms and the mask: flat
-  (c_{i,l} = m_i min(1, C / n_i), n_i the root of sum_l n_{i,l}^2),
-  per-layer (m_i min(1, (C / sqrt L) / n_{i,l})) or automatic (m_i C /
-  (n_i + gamma)); non-finite norms give 0. Hence ||sum_l c_{i,l} v_{i,l}||_2
-  <= C and ||S(D) - S(D')||_2 <= C under adding or removing one example,
-  provided (a) the model has no cross-example interaction (no batch norm;
-  each record runs alone under vmap with its own dropout key), (b)
+  Output S = sum_i sum_l c_{i,l} v_{i,l}, with v_{i,l} the sum over the
+  tapped uses of leaf l of example i's contribution, n_{i,l} = ||v_{i,l}||_2
+  (to float32 rounding) and c_{i,l} = `clipping.style_clip_factors` of the
+  [B, L] norms and the mask: flat m_i min(1, C / n_i) (n_i = root of
+  sum_l n_{i,l}^2), per-layer m_i min(1, (C / sqrt L) / n_{i,l}) or
+  automatic m_i C / (n_i + gamma); non-finite norms give 0. Hence
+  ||sum_l c_{i,l} v_{i,l}||_2 <= C and ||S(D) - S(D')||_2 <= C under adding
+  or removing one example, provided (a) no cross-example interaction (no
+  batch norm; each record runs alone under vmap with its own key), (b)
   `record_loss` depends on its own example only, and (c) padded rows have
-  m_i = 0 (their a and g are zeroed, so a NaN cannot leak). LoRA factors are
-  leaves like any other: v_{i,A}, v_{i,B} are example i's gradients of A and
-  B through W + s A B when `lora_scale` is the s `combine` used. Given
-  (a)-(c) the bound holds even if a parameter were used outside a tap (that
-  use would be missing from both v_i and n_i: a bias, not a privacy loss);
-  exactness (v_i = example i's full gradient) needs every use of every
-  trainable leaf to go through a tapped method. `check` verifies at build
-  time that every trainable leaf is touched by a tap (else `NotCovered`
-  naming it); the tests check equality with the vmap engine for llama
-  (untied, tied, LoRA, bias-only, norms, dropout), GPT-2, BitNet and BERT.
-  Float32 rule as in `dpjax.clipping`: norms, factors and the sum are
-  float32 whatever the compute dtype.
+  m_i = 0 (their a and g are zeroed where c = 0, so a NaN cannot leak). LoRA
+  factors are leaves like any other: v_{i,A}, v_{i,B} are example i's
+  gradients through W + s A B when `lora_scale` is the s `combine` used.
+  Given (a)-(c) the bound holds even if a parameter were used outside a tap
+  (a use missing from both v_i and n_i: a bias, not a privacy loss);
+  exactness needs every use of every trainable leaf to go through a tap.
+  `check` verifies at build time that every trainable leaf is touched by a
+  tap (else `NotCovered`, naming it); tests/test_bookkeeping.py checks
+  equality with the vmap engine for llama (untied, tied, LoRA, bias-only,
+  norms, dropout), GPT-2, BitNet and BERT. Norms, factors and the sum are
+  float32 whatever the compute dtype (as `dpjax.clipping`).
 
-Refused (ValueError): L1 norms (the Gram trick is L2 only), `nn.remat`
-(taps inside a checkpoint would leak tracers; detected during the probe),
-uncovered leaves (`NotCovered`), LoRA leaves without `lora_scale`.
+Refused: L1 norms (ValueError; the Gram trick is L2 only), taps inside a
+lifted transform such as `nn.remat` (ValueError; they would leak tracers;
+a method-decorator `nn.checkpoint` is not detected and fails at trace time
+with UnexpectedTracerError), uncovered leaves (`NotCovered`), LoRA leaves
+without `lora_scale`.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import math
 from typing import Any, Callable, NamedTuple
@@ -304,8 +299,7 @@ def _one(record_loss, trainable, ex, key, perturb=None, needed=None,
 
 def check(record_loss: Callable[..., jax.Array], trainable: PyTree,
           example_batch: dict[str, Any], keys: Any, *, method: str = 'auto',
-          lora_scale: float | None = None, norm_ord: int = 2,
-          _trace: bool = True) -> Plan:
+          lora_scale: float | None = None, norm_ord: int = 2) -> Plan:
   """Discovers the taps (shapes only, `jax.eval_shape`) and checks coverage.
 
   Args:
@@ -334,8 +328,7 @@ def check(record_loss: Callable[..., jax.Array], trainable: PyTree,
     return jax.vmap(lambda ex, key: _one(record_loss, t, ex, key,
                                          box=box)[1:])(b, k)
 
-  with _remat_error():
-    saved, outs = jax.eval_shape(probe, trainable, example_batch, keys)
+  saved, outs = jax.eval_shape(probe, trainable, example_batch, keys)
   calls = box[-1].calls
   uses = _leaf_uses(calls, flat)
   uncovered = [p for p in flat if p not in uses]
@@ -360,25 +353,8 @@ def check(record_loss: Callable[..., jax.Array], trainable: PyTree,
     leaves[path] = (choice, keys_)
   out_shapes = {k: jax.ShapeDtypeStruct(s.shape[1:], s.dtype)
                 for k, s in outs.items() if k in needed}
-  plan_ = Plan(tuple(c for c in calls if c.key in needed), leaves, out_shapes,
-               lora_scale)
-  if _trace:   # trace the real computation: a tap inside remat leaks here
-    m = jax.tree.leaves(example_batch)[0].shape[0]
-    with _remat_error():
-      jax.eval_shape(lambda t, b, k: _bk_micro(
-          record_loss, t, plan_, b, jnp.ones((m,)), k, 1.0, 'flat', 1.0),
-                     trainable, example_batch, keys)
-  return plan_
-
-
-@contextlib.contextmanager
-def _remat_error():
-  try:
-    yield
-  except jax.errors.UnexpectedTracerError as e:
-    raise ValueError('book-keeping clipping cannot tap layers inside nn.remat '
-                     '(jax.checkpoint leaks the taps\' tracers); set '
-                     'model.remat=False or use the vmap engine.') from e
+  return Plan(tuple(c for c in calls if c.key in needed), leaves, out_shapes,
+              lora_scale)
 
 
 def _seq(x, b, ids=False):
@@ -540,7 +516,7 @@ def _run(record_loss, trainable, batch, mask, keys, *, clip_norm,
   first = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
                        xs)
   plan_ = check(record_loss, trainable, first[0], first[2], method=method,
-                lora_scale=lora_scale, _trace=False)
+                lora_scale=lora_scale)
   zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), trainable)
   z = jnp.zeros((), jnp.float32)
 
@@ -571,9 +547,8 @@ def _run(record_loss, trainable, batch, mask, keys, *, clip_norm,
     return ((jax.tree.map(jnp.add, acc_sum, s),
              jax.tree.map(jnp.add, acc_stats, stats)), (norms, losses))
 
-  with _remat_error():
-    (total, stats), (norms, losses) = jax.lax.scan(
-        body, (zeros, clipping.ClipStats(z, z, z, z)), xs)
+  (total, stats), (norms, losses) = jax.lax.scan(
+      body, (zeros, clipping.ClipStats(z, z, z, z)), xs)
   unmicro = lambda x: jnp.moveaxis(x, 0, 1).reshape((size,))
   return total, stats, unmicro(norms), unmicro(losses)
 
