@@ -561,24 +561,17 @@ def clipped_sum(record_loss: Callable[..., jax.Array], trainable: PyTree,
                 gamma: float = clipping.AUTOMATIC_GAMMA, method: str = 'auto',
                 lora_scale: float | None = None
                 ) -> tuple[PyTree, clipping.ClipStats, jax.Array]:
-  """The vmap engine's clipped sum (`dpjax.clipping.microbatched_clipped_sum`)
-  computed by book-keeping.
+  """The vmap engine's clipped sum (`dpjax.clipping.microbatched_clipped_sum`,
+  same arguments and results) computed by book-keeping.
 
   Args:
     record_loss: `record_loss(trainable, example, key) -> scalar` for ONE
       record (no batch axis), e.g. `dpjax.model_setup`'s loss with `frozen`
       closed over.
-    trainable: the differentiated parameters.
-    batch: dict of arrays with leading axis B (a multiple of
-      `microbatch_size`).
-    mask: [B], 1 for real examples.
-    keys: [B] typed PRNG keys, one per record (dropout).
+    trainable, batch, mask, keys, microbatch_size, skip_padding_microbatches,
+      clip_style, gamma: as `dpjax.clipping.microbatched_clipped_sum`.
     clip_norm: C.
-    microbatch_size: m; micro-batches run in `lax.scan` (strided views).
     norm_ord: must be 2 (L1 needs the vmap engine).
-    skip_padding_microbatches: as in `dpjax.clipping` (a timing channel).
-    clip_style: 'flat', 'per_layer' or 'automatic' (`dpjax.clipping`).
-    gamma: automatic clipping's stability constant.
     method: 'auto', 'gram' or 'instantiate' (see `check`).
     lora_scale: alpha / rank when `trainable` holds LoRA factors.
 
