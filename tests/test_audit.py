@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dpjax import audit
+from dpjax import bookkeeping
 from dpjax import clipping
 from dpjax import steps as steps_lib
 from dpjax.audit import groups
@@ -148,6 +149,24 @@ def test_lmo_passes_in_l1():
   assert_passes_tightly(report)
 
 
+def test_per_layer_clipping_passes_with_bookkeeping():
+  # C = 1e-4: every leaf of every record is clipped to C / sqrt(L), so a
+  # record's contribution has norm exactly C (the bound is reached).
+  report = run_replay(tiny_config(**{'train.clip_style': 'per_layer',
+                                     'train.grad_engine': 'bookkeeping',
+                                     'dp.l2_clip_norm': 1e-4}))
+  assert report.path.endswith('/clip=per_layer/bookkeeping')
+  assert_passes_tightly(report)
+
+
+def test_automatic_clipping_passes_with_vmap():
+  # Norms ~1.7 >> gamma = 0.01: each contribution is C n / (n + gamma).
+  report = run_replay(tiny_config(**{'train.clip_style': 'automatic',
+                                     'train.grad_engine': 'vmap'}))
+  assert report.path.endswith('/clip=automatic/vmap')
+  assert_passes_tightly(report, lo=0.99)
+
+
 def test_bfloat16_parameters_with_dropout_pass():
   """bfloat16 parameters and compute (the sum stays float32) and dropout
   0.1 (per-record keys), together; 8 devices with dropout below."""
@@ -201,16 +220,23 @@ def test_eight_devices_pass_through_the_command(tmp_path):
 # Planted bugs the check must catch.
 
 
+def _patch_sums(monkeypatch, transform):
+  """Plants `transform(total, stats)` on the clipped sum of both the vmap
+  and the book-keeping engine (whichever the config's engine is)."""
+  for mod, name in ((clipping, 'microbatched_clipped_sum'),
+                    (bookkeeping, 'clipped_sum')):
+    orig = getattr(mod, name)
+
+    def planted(*args, _orig=orig, **kwargs):
+      total, stats, norms = _orig(*args, **kwargs)
+      return transform(total, stats), stats, norms
+    monkeypatch.setattr(mod, name, planted)
+
+
 def test_catches_bfloat16_rounding_of_the_sum(monkeypatch):
   """(b) the clipped sum rounded to bfloat16 (and back) before the noise."""
-  orig = clipping.microbatched_clipped_sum
-
-  def rounded(*args, **kwargs):
-    total, stats, norms = orig(*args, **kwargs)
-    return (jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(x.dtype),
-                         total), stats, norms)
-
-  monkeypatch.setattr(clipping, 'microbatched_clipped_sum', rounded)
+  _patch_sums(monkeypatch, lambda total, _: jax.tree.map(
+      lambda x: x.astype(jnp.bfloat16).astype(x.dtype), total))
   report = run_replay(tiny_config())
   assert not report.passed
   assert report.sum_dtype == 'float32'  # caught by the norm, not the dtype
@@ -234,13 +260,8 @@ def test_catches_slot_keyed_dropout(monkeypatch):
 
 @pytest.mark.slow
 def test_catches_a_sum_that_is_not_float32(monkeypatch):
-  orig = clipping.microbatched_clipped_sum
-
-  def half(*args, **kwargs):
-    total, stats, norms = orig(*args, **kwargs)
-    return jax.tree.map(lambda x: x.astype(jnp.bfloat16), total), stats, norms
-
-  monkeypatch.setattr(clipping, 'microbatched_clipped_sum', half)
+  _patch_sums(monkeypatch, lambda total, _: jax.tree.map(
+      lambda x: x.astype(jnp.bfloat16), total))
   report = run_replay(tiny_config(), scenarios=('small',), removals=1,
                       additions=0)
   assert not report.passed
@@ -276,15 +297,13 @@ def test_command_catches_batch_size_normalisation_and_exits_1(
     monkeypatch, tmp_path, capsys):
   """(a) S * (expected B / realised n) before the noise couples every record
   to n; the two-record scenario makes it large. Through the command."""
-  orig = clipping.microbatched_clipped_sum
   expected = 8  # --config.train.batch_size below
 
-  def coupled(*args, **kwargs):
-    total, stats, norms = orig(*args, **kwargs)
+  def coupled(total, stats):
     scale = expected / jnp.maximum(stats.num_examples, 1.0)
-    return jax.tree.map(lambda x: x * scale, total), stats, norms
+    return jax.tree.map(lambda x: x * scale, total)
 
-  monkeypatch.setattr(clipping, 'microbatched_clipped_sum', coupled)
+  _patch_sums(monkeypatch, coupled)
   out = tmp_path / 'audit.json'
   code = audit_main(['dpjax.audit', 'replay', '--config=' + _cfg_path(),
                      '--config.model.num_layers=1',
