@@ -100,6 +100,18 @@ def bk_variant(loss, trainable, frozen, batch, m, method='auto',
           make_args_for(stages, trainable, frozen, batch))
 
 
+def noised_nonprivate_variant(loss, trainable, frozen, batch, m):
+  """(jitted step, make_args): the UNCLIPPED micro-batched gradient sum with
+  the DP stages (Gaussian noise, 1/B, AdamW): what a DP step costs beyond
+  the non-private one without any clipping (diagnostic, not private)."""
+  b = next(iter(batch.values())).shape[0]
+  stages = dp_stages(b)
+  step = steps_lib.make_train_step(grad_engines.NonPrivateEngine(loss, m),
+                                   stages, l2_clip_norm=1.0)
+  return (jax.jit(step, donate_argnums=(0,)),
+          make_args_for(stages, trainable, frozen, batch))
+
+
 def load_batchfwd_module():
   """dpjax/bookkeeping.py at BATCHFWD_COMMIT, imported under another name."""
   src = subprocess.run(
@@ -149,8 +161,13 @@ def cost(compiled) -> dict[str, float]:
     return {'error': repr(e)}
 
 
-def measure(fns, rounds, reps):
-  """`step_benchmark.measure`, plus each compiled step's cost analysis."""
+def measure(fns, rounds, reps, alternate=False):
+  """`step_benchmark.measure`, plus each compiled step's cost analysis.
+
+  alternate: every other round runs the variants in reverse order, so a
+  drift of the machine's speed within a round does not always favour the
+  variants timed first.
+  """
   mem, times, compile_s, compiled, costs = {}, {k: [] for k in fns}, {}, {}, {}
   for name, (fn, make_args) in fns.items():
     t = time.perf_counter()
@@ -162,7 +179,10 @@ def measure(fns, rounds, reps):
     print(f'compiled {name} in {compile_s[name]:.1f}s, '
           f'{mem[name]["total"] / 2**20:.0f} MB', flush=True)
   for r in range(rounds):  # interleaved rounds
-    for name, (_, make_args) in fns.items():
+    order = list(fns.items())
+    if alternate and r % 2:
+      order.reverse()
+    for name, (_, make_args) in order:
       fn = compiled[name]
       a = make_args()
       jax.block_until_ready(a)
@@ -208,6 +228,15 @@ def bk_ratios(fns, times, mem, bk_mbs, prefix='bk_micro') -> dict:
       rat[f'equal micro-batch {m}'] = sb.compare(
           f'{prefix}{m}', f'nonprivate_micro{m}', times, mem)
   for name in fns:
+    if name.startswith('noisednp_micro'):
+      m = name[len('noisednp_micro'):]
+      rat[f'diagnostic: {name} vs nonprivate best'] = sb.compare(
+          name, best_np, times, mem)
+      rat[f'diagnostic: BK best vs {name}'] = sb.compare(best_bk, name, times,
+                                                          mem)
+      if f'{prefix}{m}' in fns:
+        rat[f'diagnostic: {prefix}{m} vs {name}'] = sb.compare(
+            f'{prefix}{m}', name, times, mem)
     for diag in ('bk_gram_micro', 'bk_instantiate_micro',
                  'bkbatchfwd_micro'):
       if name.startswith(diag):
