@@ -48,6 +48,7 @@ IR_LMO_SCHED = (_IR + 'test_lmo_sound_epsilon_of_a_schedule_against_'
 _T_NOISE = 'tests/test_noise.py'
 _T_OPT = 'tests/test_optimizers.py'
 _T_CLIP = 'tests/test_clipping.py'
+_T_BK = 'tests/test_bookkeeping.py'
 _T_AUDIT = 'tests/test_audit.py'
 _T_TRAIN = 'tests/test_train.py'
 _T_AC = 'tests/test_dp_adam_ac.py'
@@ -170,6 +171,23 @@ MUTATIONS = [
        'a contribution of norm up to 2C',
        [_T_CLIP + '::test_every_style_has_sensitivity_c_and_reaches_it',
         _T_CLIP + '::test_clip_styles_equal_loop']),
+    # Book-keeping (dpjax/bookkeeping.py): the same sum without per-example
+    # gradients; its norms must include every use of a shared weight.
+    _m('bk_tied_cross_term_dropped', 'dpjax/bookkeeping.py',
+       'total = total + (term if i == j else 2.0 * term)',
+       'total = total + (term if i == j else 0.0 * term)',
+       'wrong_sensitivity', 'book-keeping norms of a tied embedding miss the '
+       'cross term of its two uses: norms too small, contributions above C',
+       [_T_BK + '::test_equals_vmap_engine',
+        _T_BK + '::test_planted_bugs_are_caught']),
+    _m('bk_padding_counted', 'dpjax/bookkeeping.py',
+       'jnp.sqrt(jnp.stack(sq, axis=1)), mmask, clip_norm, style=style,',
+       'jnp.sqrt(jnp.stack(sq, axis=1)), jnp.ones_like(mmask), clip_norm, '
+       'style=style,',
+       'wrong_count', 'book-keeping ignores the mask: padded rows (copies of '
+       'real records) enter the clipped sum',
+       [_T_BK + '::test_equals_vmap_engine',
+        _T_AUDIT + '::test_full_finetuning_passes_at_the_bound']),
     _m('clip_skipped', 'dpjax/clipping.py',
        'factor = jnp.minimum(1.0, l2_clip_norm / jnp.maximum(safe, 1e-30))',
        'factor = jnp.ones_like(safe)',

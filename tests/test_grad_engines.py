@@ -136,14 +136,20 @@ def _one_step(config, steps=2):
   return choice, state, metrics
 
 
+# The clip styles and LoRA are also covered, faster, by test_bookkeeping
+# (clipped sums) and test_audit (replays): those two cases are `slow`.
 @pytest.mark.parametrize('overrides', [
-    {'model.dropout_rate': 0.1},
-    {'peft.mode': 'lora', 'dp.l2_clip_norm': 0.2, 'train.clip_style':
-     'per_layer'},
-    {'dp_adam_ac.enabled': True, 'dp_adam_ac.initial_clip_norm': 1.5,
-     'dp_adam_ac.count_centered': False, 'dp_adam_ac.count_noise_std': 5.0},
-    {'train.clip_style': 'automatic'},
-], ids=['dropout', 'lora_per_layer', 'dp_adam_ac', 'automatic'])
+    pytest.param({'model.dropout_rate': 0.1}, id='dropout'),
+    pytest.param({'peft.mode': 'lora', 'dp.l2_clip_norm': 0.2,
+                  'train.clip_style': 'per_layer'}, id='lora_per_layer',
+                 marks=pytest.mark.slow),
+    pytest.param({'dp_adam_ac.enabled': True,
+                  'dp_adam_ac.initial_clip_norm': 1.5,
+                  'dp_adam_ac.count_centered': False,
+                  'dp_adam_ac.count_noise_std': 5.0}, id='dp_adam_ac'),
+    pytest.param({'train.clip_style': 'automatic'}, id='automatic',
+                 marks=pytest.mark.slow),
+])
 def test_bookkeeping_trains_as_the_vmap_engine(overrides):
   """Two trainer steps (noise on, same keys) from the same state: the
   book-keeping engine's parameters and metrics equal the vmap engine's."""
