@@ -68,7 +68,8 @@ def markdown(result: dict) -> str:
       f"average, the rest masked padding), dropout {s['dropout']}, float32, "
       f"AdamW; built by `model_setup.create` / `input_pipeline.build` from "
       f"configs/minilm_genre.py with overrides; {s['rounds']} interleaved "
-      f"rounds x {s['reps_per_round']} step(s) after one warm-up call. "
+      f"rounds x {s['reps_per_round']} step(s) after one warm-up call, "
+      f"{s.get('round_order', 'fixed')} variant order. "
       + sb.provenance_line(s), '']
   if s.get('note'):
     lines += [s['note'], '']
@@ -109,6 +110,8 @@ def main():
   ap.add_argument('--rounds', type=int, default=3)
   ap.add_argument('--reps', type=int, default=1)
   ap.add_argument('--time_target', type=float, default=1.0)
+  ap.add_argument('--alternate_order', action='store_true',
+                  help='reverse the order of the variants every other round')
   ap.add_argument('--note', default='')
   args = ap.parse_args()
   mbs = sb.parse_microbatches(args.microbatches)
@@ -147,7 +150,8 @@ def main():
       jax.random.split(jax.random.key(0), m0))
   choices = plan.choices()
 
-  med, times, compile_s, mem, costs = bkb.measure(fns, args.rounds, args.reps)
+  med, times, compile_s, mem, costs = bkb.measure(fns, args.rounds, args.reps,
+                                                 args.alternate_order)
   rat = bkb.bk_ratios(fns, times, mem, bk_mbs)
   real = np.asarray(batch['attention_mask']).sum(-1)
   result = {
@@ -166,6 +170,8 @@ def main():
                 'optimizer': 'adamw lr 1e-3', 'dp_noise_multiplier': 1.0,
                 'dp_l2_clip_norm': 1.0, 'rounds': args.rounds,
                 'reps_per_round': args.reps,
+                'round_order': ('alternating' if args.alternate_order
+                                else 'fixed'),
                 'note': sb.rounds_note(args.rounds, ap.get_default('rounds'),
                                        args.note),
                 **info},

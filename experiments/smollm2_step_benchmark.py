@@ -67,7 +67,8 @@ def markdown(result: dict) -> str:
       f"Shakespeare tokens, AdamW; LoRA rank {s['lora']['rank']} on "
       f"{', '.join(s['lora']['targets'])} ({trained}); "
       f"{s['rounds']} interleaved rounds x {s['reps_per_round']} step(s) "
-      'after one warm-up call. This run: modes '
+      f"after one warm-up call, {s.get('round_order', 'fixed')} variant "
+      'order. This run: modes '
       f"{', '.join(s['modes'])}. " + step_benchmark.provenance_line(s), '']
   if s.get('note'):
     lines += [s['note'], '']
@@ -75,7 +76,9 @@ def markdown(result: dict) -> str:
     r = result[mode]
     prov = r.get('provenance')
     if prov and mode not in s['modes']:
-      lines += [f'Mode {mode} is kept from an earlier run: '
+      lines += [f'Mode {mode} is kept from an earlier run ('
+                f"{prov.get('rounds', 3)} rounds, "
+                f"{prov.get('round_order', 'fixed')} variant order): "
                 + step_benchmark.provenance_line(prov), '']
   lines += ['## Book-keeping targets', '']
   for mode in modes:
@@ -131,6 +134,8 @@ def main():
   ap.add_argument('--bk_microbatches', default='4,8,16')
   ap.add_argument('--rounds', type=int, default=3)
   ap.add_argument('--reps', type=int, default=1)
+  ap.add_argument('--alternate_order', action='store_true',
+                  help='reverse the order of the variants every other round')
   ap.add_argument('--note', default='',
                   help='free text recorded in the JSON and the .md')
   args = ap.parse_args()
@@ -157,6 +162,7 @@ def main():
       'lora': {'rank': LORA_RANK, 'alpha': LORA_ALPHA,
                'targets': list(LORA_TARGETS)},
       'rounds': args.rounds, 'reps_per_round': args.reps,
+      'round_order': 'alternating' if args.alternate_order else 'fixed',
       'note': step_benchmark.rounds_note(args.rounds,
                                          ap.get_default('rounds'), args.note),
       **step_benchmark.run_info()}}
@@ -191,14 +197,18 @@ def main():
         jax.random.split(jax.random.key(0), m0), lora_scale=lora_scale)
     print(f'{mode}:', flush=True)
     med, times, compile_s, mem, costs = bkb.measure(fns, args.rounds,
-                                                    args.reps)
+                                                    args.reps,
+                                                    args.alternate_order)
     results[mode] = {
         'trainable_params': int(sum(x.size for x in jax.tree.leaves(
             trainable))),
         'provenance': {k: v for k, v in results['setup'].items()
                        if k in ('git_commit', 'git_uncommitted_code',
                                 'date_utc', 'command', 'jax', 'backend',
-                                'cpu_count', 'load_average_at_start')},
+                                'cpu_count', 'load_average_at_start',
+                                'rounds', 'reps_per_round', 'round_order',
+                                'microbatches', 'dp_microbatches',
+                                'bk_microbatches', 'note')},
         'median_step_seconds': med, 'all_step_seconds': times,
         'first_call_seconds_incl_compile': compile_s, 'memory_bytes': mem,
         'xla_cost': costs}
