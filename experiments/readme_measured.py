@@ -325,6 +325,37 @@ def row_smollm2_step_benchmark(results: Results) -> list[Row]:
       _present(results, f, 'smollm2_step_benchmark.md'))]
 
 
+def _bk_target(t: dict[str, Any], f: str) -> str:
+  """'1.08× time, 1.11× memory (targets ≤ 0.90× / ≤ 1.00×: NOT met)'."""
+  met = lambda k: 'met' if get(t, f, k) else 'NOT met'
+  return (f'{x2(num(t, f, "time"))} time ({met("time_met")} ≤ '
+          f'{x2(num(t, f, "time_target"))}), {num(t, f, "memory"):.3f}× '
+          f'memory ({met("memory_met")} ≤ {x2(num(t, f, "memory_target"))})')
+
+
+def row_bookkeeping(results: Results) -> list[Row]:
+  """Book-keeping DP step vs the best non-private step, three models."""
+  f, fs, fm = ('bookkeeping_benchmark.json', 'smollm2_step_benchmark.json',
+               'minilm_step_benchmark.json')
+  d, ds, dm = results.json(f), results.json(fs), results.json(fm)
+  parts = []
+  for key, r in sorted(get(d, f, 'runs').items(), key=lambda kv: int(kv[0])):
+    s = get(r, f, 'setup')
+    parts.append(f'{num(s, f, "params") / 1e6:.1f}M decoder, batch '
+                 f'{num(s, f, "batch"):.0f} × {num(s, f, "seq"):.0f}: '
+                 + _bk_target(get(r, f, 'targets'), f))
+  for mode in ('lora', 'full'):
+    parts.append(f'SmolLM2-135M {mode}: '
+                 + _bk_target(get(ds, fs, mode, 'bk_target'), fs))
+  parts.append('MiniLM-L6 full (classification): '
+               + _bk_target(get(dm, fm, 'targets'), fm))
+  return [Row(
+      'Book-keeping (BK) DP step vs the best non-private step (micro-batched '
+      'accumulation), best BK micro-batch', '; '.join(parts),
+      _present(results, f, 'bookkeeping_benchmark.md', fs, fm,
+               'minilm_step_benchmark.md'))]
+
+
 def _rgp_old(d: dict[str, Any], f: str, micro: float) -> str:
   """rgp_step_benchmark.json before its `ratios` block."""
   table = get(d, f, 'table')
@@ -936,6 +967,7 @@ RENDERERS: list[Callable[[Results], list[Row]]] = [
     row_quickstart,
     row_step_benchmark,
     row_smollm2_step_benchmark,
+    row_bookkeeping,
     row_rgp_step_benchmark,
     row_privacy_utility,
     row_canary_exposure,
