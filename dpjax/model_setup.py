@@ -370,25 +370,38 @@ def noised_coordinates(model: Model, rgp_rank: int = 1) -> int:
 
 
 def export(config, model: Model, trainable, frozen, workdir: str) -> None:
-  """Writes the (EMA) weights in each of `config.export.formats`."""
+  """Writes the (EMA) weights in each of `config.export.formats`.
+
+  Each export carries the run's privacy guarantee, read from
+  `workdir/privacy_report.json` (`dpjax.model_card`): the HF folder gets a
+  `README.md` model card, the GGUF `general.description` and `dpjax.*`
+  metadata. Without that report they say that none was found.
+  """
   if not config.export.formats:
     return
+  from dpjax import model_card  # pylint: disable=g-import-not-at-top
+  facts = model_card.load_facts(workdir)
+  info = model_card.source_info(config, model.family)
   params = jax.device_get(model.combine(trainable, frozen))
   for fmt in config.export.formats:
     if fmt == 'hf':
       from dpjax.models import hf_io  # pylint: disable=g-import-not-at-top
       hf_io.save_hf_folder(os.path.join(workdir, 'export', 'hf'), model.family,
-                           model.config, params, model.tokenizer)
+                           model.config, params, model.tokenizer,
+                           readme=model_card.render_card(facts, info))
     elif fmt == 'gguf':
       from dpjax.models import gguf_io  # pylint: disable=g-import-not-at-top
       gguf_io.save_gguf(os.path.join(workdir, 'export', 'model.gguf'),
                         model.family, model.config, params, model.tokenizer,
                         dtype=config.export.gguf_dtype,
-                        **_gguf_names(config, model))
+                        metadata=model_card.gguf_metadata(facts),
+                        **_gguf_names(config, model, facts, info))
 
 
-def _gguf_names(config, model: Model) -> dict[str, Any]:
+def _gguf_names(config, model: Model, facts=None, info=None
+                ) -> dict[str, Any]:
   """`general.name` and the other `general.*` keys of the GGUF export."""
+  from dpjax import model_card  # pylint: disable=g-import-not-at-top
   source = ''
   if config.model.init != 'random':
     source = config.model.path
@@ -397,11 +410,12 @@ def _gguf_names(config, model: Model) -> dict[str, Any]:
     source = os.path.basename(os.path.normpath(source))
     source = re.sub(r'\.gguf$', '', source)
   base = source or f'{model.family}-random-init'
+  info = info or model_card.source_info(config, model.family)
+  facts = facts or model_card.ReportFacts(path='', found=False)
   return dict(
       name=config.export.name or f'{base} DP fine-tune',
       general={'basename': base, 'finetune': 'dp',
-               'base_model': source or None,
-               'description': (f'{base} fine-tuned with differential privacy '
-                               f'by dpjax; the privacy guarantee is stated in '
-                               f"the run's privacy_report"),
-               'tags': ['dpjax', 'differential-privacy']})
+               'base_model': info.base_model or source or None,
+               'license': info.license,
+               'description': model_card.gguf_description(facts, info),
+               'tags': model_card.tags(facts, info)})

@@ -408,10 +408,50 @@ def load_gguf(path: str) -> tuple[str, Any, Any, HFTokenizer | None]:
   return arch, config, params, tokenizer_from_gguf(reader)
 
 
+def _check_metadata(metadata: dict[str, Any], family: str) -> None:
+  reserved = ('general.', 'tokenizer.', f'{family}.')
+  for key, value in metadata.items():
+    if (not isinstance(key, str) or '.' not in key or
+        key.startswith(reserved)):
+      raise ValueError(f'metadata: key {key!r} must be namespaced (e.g. '
+                       f'"dpjax.epsilon") and not start with {reserved}')
+    if not isinstance(value, (str, bool, int, float)):
+      raise ValueError(f'metadata: {key}={value!r}; valid: str, bool, int '
+                       'or float')
+
+
+def _add_metadata(w: gguf.GGUFWriter, key: str, value: Any) -> None:
+  if isinstance(value, bool):
+    w.add_bool(key, value)
+  elif isinstance(value, int):
+    w.add_int64(key, value)
+  elif isinstance(value, float):
+    w.add_float64(key, value)
+  else:
+    w.add_string(key, value)
+
+
+def read_metadata(path: str, prefix: str = '') -> dict[str, Any]:
+  """The GGUF file's metadata keys starting with `prefix`, as Python values.
+
+  Args:
+    path: a `.gguf` file.
+    prefix: e.g. 'dpjax.' or 'general.'; '' reads every key (the token lists
+      included).
+
+  Returns:
+    {key: value}: str, bool, int, float or a list of them.
+  """
+  reader = gguf.GGUFReader(os.fspath(path))
+  return {key: field.contents() for key, field in reader.fields.items()
+          if key.startswith(prefix) and not key.startswith('GGUF.')}
+
+
 def save_gguf(path: str, family: str, config: Any, params: Any,
               tokenizer: HFTokenizer | None = None, *,
               dtype: str = DEFAULT_DTYPE, name: str | None = None,
-              general: dict[str, Any] | None = None) -> None:
+              general: dict[str, Any] | None = None,
+              metadata: dict[str, Any] | None = None) -> None:
   """Writes a GGUF file in llama.cpp's layout.
 
   Args:
@@ -431,10 +471,14 @@ def save_gguf(path: str, family: str, config: Any, params: Any,
       (a list of str); `general.type`, `general.size_label`,
       `general.quantized_by` and `general.quantization_version` are always
       written.
+    metadata: more keys in their own namespace (e.g. `dpjax.epsilon`): str,
+      bool, int (written int64) or float (float64) values; `read_metadata`
+      reads them back.
 
   Raises:
-    ValueError: an unknown dtype or family, or a RoPE scaling llama.cpp
-      cannot express for this architecture.
+    ValueError: an unknown dtype or family, a RoPE scaling llama.cpp
+      cannot express for this architecture, or a metadata key in a reserved
+      namespace or with an unsupported value type.
   """
   if family not in ARCHITECTURES:
     raise ValueError(f'family must be one of {ARCHITECTURES} for GGUF, got '
@@ -448,6 +492,8 @@ def save_gguf(path: str, family: str, config: Any, params: Any,
   if unknown:
     raise ValueError(f'general: unknown key(s) {unknown}; valid: '
                      f'{sorted(_GENERAL)}')
+  metadata = dict(metadata or {})
+  _check_metadata(metadata, family)
   rope_meta, rope_freqs = _rope_to_gguf(config, family)
   module = family_module(family)
   tensors = module.params_to_hf(params, config)
@@ -467,6 +513,8 @@ def save_gguf(path: str, family: str, config: Any, params: Any,
       w.add_tags([str(t) for t in value])
     else:
       getattr(w, _GENERAL[key])(str(value))
+  for key, value in metadata.items():
+    _add_metadata(w, key, value)
   w.add_context_length(config.max_position_embeddings)
   w.add_embedding_length(config.hidden_size)
   w.add_block_count(config.num_layers)

@@ -203,7 +203,8 @@ def _np_for_safetensors(arr: np.ndarray) -> np.ndarray:
 
 
 def save_hf_folder(path: str, family: str, config: Any, params: Any,
-                   tokenizer: HFTokenizer | None = None) -> None:
+                   tokenizer: HFTokenizer | None = None, *,
+                   readme: str | None = None) -> None:
   """Writes `config.json`, `model.safetensors` (and the tokenizer files).
 
   The folder loads with `transformers.AutoModelForCausalLM.from_pretrained`.
@@ -215,6 +216,8 @@ def save_hf_folder(path: str, family: str, config: Any, params: Any,
     config: the family's config.
     params: the Flax parameter tree.
     tokenizer: an `HFTokenizer` to save alongside, optional.
+    readme: the model card (`README.md`, e.g. `dpjax.model_card.
+      render_card`), optional; None leaves any README.md there as it is.
   """
   module = family_module(family)
   os.makedirs(path, exist_ok=True)
@@ -239,3 +242,7 @@ def save_hf_folder(path: str, family: str, config: Any, params: Any,
   checks.make_readable(weights)  # safetensors writes 0600
   if tokenizer is not None:
     tokenizer.save(path)
+  if readme is not None:
+    card = os.path.join(path, 'README.md')
+    with open(card, 'w', encoding='utf-8') as f:
+      f.write(readme)
