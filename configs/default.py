@@ -185,6 +185,23 @@ def get_config():
   config.mesh.fsdp_min_size = 1024     # fsdp: leaves with fewer elements stay replicated.
   config.sharding_rules = ()           # ((regex over param path, ('model', None)), ...): win over param_sharding
 
+  # ---- Empirical privacy audit (dpjax.audit.blackbox; causal-LM tasks, Poisson sampling) ----
+  # m random secret canary records (tokens and coins from the secret randomness, never from
+  # seed), each trained on with probability 1/2; after training the final model's loss on
+  # each gives eps_lb, a lower bound on epsilon at confidence 1 - alpha (Steinke et al.
+  # 2023), reported beside the claimed epsilon. The canaries are not counted in N.
+  config.audit = ml_collections.ConfigDict()
+  config.audit.enabled = False
+  # m >= 2. 1000: eps_lb saturates near ln(r / ln(1/alpha)) for r guesses, about 5.8 at
+  # r = m = 1000 and alpha = 0.05 (3.5 at m = 100), so m = 1000 can show claims up to ~6;
+  # the cost is q * m / 2 extra records per step (0.5% of the batch at N = 100,000).
+  config.audit.canaries = 1000
+  config.audit.canary_tokens = 32      # Tokens per canary (2 .. data.seq_len + 1), padded to seq_len.
+  config.audit.alpha = 0.05            # eps_lb holds with probability >= 1 - alpha.
+  # False: a run with audit writes no HF/GGUF export (the weights saw the canaries);
+  # checkpoints are written as usual. True: export anyway.
+  config.audit.export_with_canaries = False
+
   # ---- Outputs ----
   config.export = ml_collections.ConfigDict()
   config.export.formats = ()           # hf | gguf (written with the EMA weights)

@@ -225,6 +225,33 @@ def validate(config) -> None:
   v = _get(config, 'export.name')
   _check(isinstance(v, str), 'export.name', v, 'a string')
   _validate_user_level(config)
+  _validate_audit(config)
+
+
+def _validate_audit(config) -> None:
+  """`config.audit`: the black-box canary audit (`dpjax.audit.blackbox`)."""
+  for f in ('enabled', 'export_with_canaries'):
+    v = _get(config, f'audit.{f}')
+    _check(isinstance(v, bool), f'audit.{f}', v, 'True or False')
+  if not _get(config, 'audit.enabled'):
+    return
+  _number(config, 'audit.canaries', 2, integer=True)
+  seq_len = _get(config, 'data.seq_len')
+  _number(config, 'audit.canary_tokens', 2, seq_len + 1, integer=True)
+  _number(config, 'audit.alpha', 0, 1, lo_open=True, hi_open=True)
+  task = _get(config, 'data.task')
+  _check(task in ('lm', 'instruction'), 'audit.enabled', True,
+         f"False with data.task={task!r}: the canaries are random token "
+         "sequences scored by a causal LM's loss (data.task 'lm' or "
+         "'instruction')")
+  sampling = _get(config, 'dp.sampling')
+  _check(sampling == 'poisson', 'audit.enabled', True,
+         f"False with dp.sampling={sampling!r}: each canary must be sampled "
+         "like a record at rate q ('poisson')")
+  user = config.data.get('user_field', '')
+  _check(not user, 'audit.enabled', True,
+         f'False with data.user_field={user!r}: the canaries are records, '
+         'not users (a user-level audit is not implemented)')
 
 
 def _validate_user_level(config) -> None:

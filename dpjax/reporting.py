@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -178,7 +179,8 @@ def build_report(plan, ledger, sampler, final: dict[str, Any],
                  extra_rows=None, mechanism_notes=None, *,
                  randomness: dict[str, Any] | None = None,
                  skip_padding_microbatches: bool = False,
-                 clipping: dict[str, Any] | None = None) -> dict[str, Any]:
+                 clipping: dict[str, Any] | None = None,
+                 audit: dict[str, Any] | None = None) -> dict[str, Any]:
   """The report as a dict (what `privacy_report.json` holds).
 
   Args:
@@ -197,6 +199,10 @@ def build_report(plan, ledger, sampler, final: dict[str, Any],
     clipping: {'style': 'flat' | 'per_layer' | 'automatic', 'gamma': float,
       'num_leaves': int, 'engine': str, 'engine_reason': str}; None is flat
       with the engine not stated.
+    audit: the black-box canary audit's fields
+      (`dpjax.audit.blackbox.CanaryAudit.section`), or None (no audit: the
+      report's 'audit' is None). The claimed epsilon, its accountant and a
+      one-line interpretation are added here, from this report's rows.
 
   Returns:
     The report dict.
@@ -288,7 +294,81 @@ def build_report(plan, ledger, sampler, final: dict[str, Any],
     out['privacy'] = None
     out['notes'].append('Non-private run: no privacy guarantee (epsilon = '
                         'infinity).')
+  out['audit'] = _audit_section(audit, out['privacy'])
+  if audit is not None:
+    out['notes'].append(
+        'Audit canaries: random records, half of them (secret coins) trained '
+        'on beside the real data; they are not counted in N, and the '
+        'guarantee for the real records is unchanged. eps_lb is an empirical '
+        'lower bound (valid at confidence 1 - alpha), not a guarantee.')
   return out
+
+
+def claimed_epsilon(privacy: dict[str, Any] | None) -> tuple[float, str]:
+  """(claimed epsilon, its accountant): the smallest upper-bound row of the
+  report's privacy table; (inf, 'none (non-private)') without a table."""
+  if not privacy:
+    return math.inf, 'none (non-private)'
+  rows = [r for r in privacy.get('rows', ())
+          if r.get('kind') == 'upper bound' and
+          isinstance(r.get('epsilon'), (int, float)) and
+          not math.isnan(r['epsilon'])]
+  if not rows:
+    return math.inf, 'none (no upper-bound row)'
+  best = min(rows, key=lambda r: r['epsilon'])
+  return float(best['epsilon']), str(best['accountant'])
+
+
+def audit_interpretation(eps_lb: float | None, claimed: float,
+                         alpha: float) -> str:
+  """One line: what the audit's eps_lb says about the claimed epsilon."""
+  if eps_lb is None:
+    return 'no lower bound computed.'
+  if math.isinf(claimed):
+    return (f'non-private run (claimed epsilon = infinity): eps_lb = '
+            f'{eps_lb:.3g} measures how well the canaries can be told apart.')
+  if eps_lb <= claimed:
+    return (f'consistent: eps_lb {eps_lb:.3g} <= claimed epsilon '
+            f'{claimed:.3g}. A black-box eps_lb far below the claim is '
+            'expected (one run, loss scores, the last model) and is not '
+            'evidence of privacy.')
+  return (f'VIOLATION: eps_lb {eps_lb:.3g} > claimed epsilon {claimed:.3g} '
+          f'at confidence {1 - alpha:.3g}: the mechanism or its accounting is '
+          f'wrong, or this is the (at most {alpha:.3g} probability) false '
+          'alarm.')
+
+
+def _audit_section(audit: dict[str, Any] | None,
+                   privacy: dict[str, Any] | None) -> dict[str, Any] | None:
+  if audit is None:
+    return None
+  out = dict(audit)
+  claimed, acc = claimed_epsilon(privacy)
+  out.update(claimed_epsilon=claimed, claimed_epsilon_accountant=acc)
+  out['interpretation'] = audit_interpretation(
+      out.get('epsilon_lb'), claimed, float(out.get('alpha', 0.05)))
+  return out
+
+
+def _audit_lines(a: dict[str, Any]) -> list[str]:
+  """The text report's audit lines."""
+  lines = ['', 'Empirical audit (' + a['method'] + '):']
+  if a.get('epsilon_lb') is None:
+    lines.append('  eps_lb: ' + a.get('status', 'not computed'))
+  else:
+    ceiling = a.get('epsilon_lb_ceiling')
+    ceil = '' if ceiling is None else f', at most {ceiling:.3g} possible'
+    lines.append(
+        f"  eps_lb = {a['epsilon_lb']:.4g} at confidence "
+        f"{a['confidence']:.3g}, delta = {a['delta']:.3g} (claimed epsilon "
+        f"{a['claimed_epsilon']:.4g}, {a['claimed_epsilon_accountant']}); "
+        f"{a['num_correct']} of {a['num_guesses']} guesses correct{ceil}")
+  lines += [f"  canaries: m = {a['num_canaries']}, {a['num_included']} "
+            f"included, {a['canary_tokens']} random tokens each; "
+            + a['ledger'],
+            '  ' + a['interpretation'],
+            '  export: ' + a['export']]
+  return lines
 
 
 def _exposure_line(item) -> str:
@@ -352,6 +432,8 @@ def format_text(report: dict[str, Any]) -> str:
       lines += [f'    {_exposure_line(item)}' for item in v]
     else:
       lines.append(f'  {k}: {v}')
+  if report.get('audit'):
+    lines += _audit_lines(report['audit'])
   tm = report.get('threat_model')
   if tm:
     lines += ['', 'Threat model:', '  epsilon covers: ' + tm['covers'],
@@ -366,7 +448,8 @@ def write_report(workdir: str, plan, ledger, sampler, final,
                  extra_rows=None, mechanism_notes=None, *,
                  randomness: dict[str, Any] | None = None,
                  skip_padding_microbatches: bool = False,
-                 clipping: dict[str, Any] | None = None) -> dict[str, Any]:
+                 clipping: dict[str, Any] | None = None,
+                 audit: dict[str, Any] | None = None) -> dict[str, Any]:
   """Writes `privacy_report.json` and `privacy_report.txt`; returns the dict.
 
   Arguments as in `build_report`.
@@ -374,7 +457,7 @@ def write_report(workdir: str, plan, ledger, sampler, final,
   report = build_report(plan, ledger, sampler, final, accountants, extra_rows,
                         mechanism_notes, randomness=randomness,
                         skip_padding_microbatches=skip_padding_microbatches,
-                        clipping=clipping)
+                        clipping=clipping, audit=audit)
   _atomic_write(os.path.join(workdir, 'privacy_report.json'),
                 json.dumps(report, indent=2, default=_default))
   text = format_text(report)

@@ -10,6 +10,10 @@ Checkpoints hold the public state; the secret state (noise keys, sampler
 state, seed material) goes to `workdir/secret/` (`dpjax.secret_store`) and is
 deleted when the run completes unless `dp.keep_secret_state`.
 
+With `config.audit.enabled`, secret canary records join the training set
+and the report carries a lower bound on epsilon from them
+(`dpjax.audit.blackbox`; the ledger stays the real data's).
+
 Resume order: the latest checkpoint in `workdir/checkpoints` if any, else a
 fresh start from `config.model.init`.
 """
@@ -68,6 +72,8 @@ def _fingerprint(plan: PrivacyPlan, config, digest: str) -> str:
   keys.update(seed=config.seed, max_batch=config.train.max_batch_size,
               steps=config.train.steps, data=digest,
               insecure_seed=config.dp.insecure_fixed_randomness_seed)
+  if config.audit.enabled:  # the canaries are part of the training data
+    keys['audit'] = config.audit.to_dict()
   return hashlib.sha256(json.dumps(keys, sort_keys=True,
                                    default=str).encode()).hexdigest()[:16]
 
@@ -258,8 +264,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   store = secret_store.SecretStore(workdir, config.train.keep_checkpoints)
   start = ckpt.latest_step() or 0
   secret, payload = _resume_secret(config, store, start, total_steps)
-  sampler = _make_sampler(config, plan, secret.sampler_seed(),
-                          run_setup.data_users(data))
+  audit = _canary_audit(config, data, model, secret,
+                        valid=not start or payload is not None)
+  if audit:  # real records + included canaries, at the plan's q
+    sampler = audit.sampler(plan, config.train.max_batch_size,
+                            secret.sampler_seed())
+  else:
+    sampler = _make_sampler(config, plan, secret.sampler_seed(),
+                            run_setup.data_users(data))
+  train_arrays = audit.train_arrays(data.train) if audit else data.train
   ledger = plan.new_ledger(plan.unit(data.unit))
   digest = data_digest(data.train)
   distributed.assert_same(digest, 'the training data (SHA-256)')
@@ -333,7 +346,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   for step in range(start + 1, total_steps + 1):
     idx, mask = draw_batch(sampler, plan, step)  # the global draw
     mine = distributed.local_rows(batch_sh, idx.shape[0])
-    batch = user_level.gather_batch(data.train, idx[mine])  # this host's rows
+    batch = user_level.gather_batch(train_arrays, idx[mine])  # host's rows
     batch, mask_d, ids = distributed.global_batch(
         (batch, mask[mine].astype(np.float32), idx[mine].astype(np.int32)),
         batch_sh, idx.shape[0])
@@ -391,11 +404,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                           batch_sh)
   # Host copies (gathered over all processes, so every process calls this).
   frozen_host = (distributed.to_host(frozen)
-                 if config.export.formats or data.canaries else None)
+                 if config.export.formats or data.canaries or audit else None)
   ema_host = (distributed.to_host(steps_lib.ema_trainable(state))
               if config.export.formats else None)
-  raw_host = (distributed.to_host(state.trainable) if data.canaries
-              else None)
+  raw_host = (distributed.to_host(state.trainable)
+              if data.canaries or audit else None)
   ckpt.close()
   result = {'state': state, 'frozen': frozen, 'report': None, 'final': final,
             'plan': plan, 'ledger': ledger}
@@ -420,13 +433,32 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       extra_rows=extra_rows, mechanism_notes=ac_notes,
       randomness=dict(secret.describe(), secret_state=secret_state),
       skip_padding_microbatches=config.train.skip_padding_microbatches,
-      clipping=run_setup.clipping_description(config, model, engine))
+      clipping=run_setup.clipping_description(config, model, engine),
+      audit=audit and audit.section(
+          model.module, jax.device_get(model.combine(raw_host, frozen_host)),
+          plan, export_formats=config.export.formats))
   writer.close()
   if config.plot:
     metrics_lib.plot_run(os.path.join(workdir, 'metrics.jsonl'),
                          os.path.join(workdir, 'training.png'))
-  model_setup.export(config, model, ema_host, frozen_host, workdir)
-  return dict(result, report=report)
+  if audit and config.export.formats and not audit.export_allowed:
+    logging.warning('%s', audit.NOT_EXPORTED)
+    print(audit.NOT_EXPORTED, flush=True)
+  else:
+    model_setup.export(config, model, ema_host, frozen_host, workdir)
+  return dict(result, report=report, audit=audit)
+
+
+def _canary_audit(config, data, model, secret, *, valid: bool):
+  """The run's black-box audit canaries (`dpjax.audit.blackbox`), or None
+  without `config.audit.enabled`. `valid`: the secret material is the one
+  the run started with (else the canaries cannot be regenerated)."""
+  if not config.audit.enabled:
+    return None
+  from dpjax.audit import blackbox  # pylint: disable=g-import-not-at-top
+  return blackbox.CanaryAudit.for_run(
+      config, data, secret, valid=valid,
+      model_vocab=getattr(model.config, 'vocab_size', None))
 
 
 def _lmo_report(plan: PrivacyPlan, ledger):
