@@ -1,8 +1,17 @@
 """Audits of the DP mechanism as it runs: the neighbouring-dataset replay
-(the sensitivity of the clipped sum) and the noise probe (the noise added).
+(the sensitivity of the clipped sum), the noise probe (the noise added) and
+the Dirac-canary audit (an empirical lower bound on epsilon).
 
   python -m dpjax.audit replay --config=configs/<name>.py [--config.F=V ...]
   python -m dpjax.audit noise --config=configs/<name>.py [--config.F=V ...]
+  python -m dpjax.audit mechanism --config=configs/<name>.py [--canaries=1000]
+
+`dpjax.audit.dirac.audit_mechanism(config)` trains the trainer's step with m
+white-box canaries (per-example gradient G e_k in an extra audit leaf, each
+included with probability 1/2), scores them from the released noised sums
+and bounds epsilon from below with the one-run audit
+(`dpjax.accounting.one_run_audit`); it fails when the bound exceeds the
+ledger's claimed epsilon (see that module's "Formal guarantees").
 
 `dpjax.audit.noise_probe.probe_config(config)` runs the trainer's step with
 its noise stage tapped and compares the noise in the released update with

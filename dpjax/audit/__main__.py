@@ -1,4 +1,13 @@
-"""`python -m dpjax.audit {replay,noise} --config=configs/<name>.py [flags]`.
+"""`python -m dpjax.audit {replay,noise,mechanism} --config=configs/<name>.py [flags]`.
+
+`mechanism` trains the config's step for T steps with m white-box Dirac
+canaries (each included with probability 1/2) and prints the claimed epsilon
+(accountant, delta), the one-run empirical lower bound epsilon_lb at
+confidence 1 - alpha, the guesses r and correct v, the ceiling for that r,
+and PASS (epsilon_lb <= claimed) or FAIL (`dpjax.audit.dirac`); flags
+--canaries=1000, --steps=-1 (the config's train.steps), --alpha=0.05,
+--canary_scale=1000 (G / C), --seed, --json. Exit codes as for `replay`
+(1: epsilon_lb > claimed epsilon).
 
 `noise` measures the noise the trainer's step adds against what the ledger
 records (`dpjax.audit.noise_probe`) and prints one line per check; flags
@@ -49,7 +58,10 @@ USAGE = ('usage: python -m dpjax.audit replay --config=configs/<name>.py '
          '[--rounding_allowance=0] [--seed=-1] [--json=PATH] [--verbose]\n'
          '       python -m dpjax.audit noise --config=configs/<name>.py '
          '[--config.FIELD=VALUE ...] [--min_coordinates=200000] '
-         '[--noise_tolerance=0.01] [--seed=-1] [--json=PATH]')
+         '[--noise_tolerance=0.01] [--seed=-1] [--json=PATH]\n'
+         '       python -m dpjax.audit mechanism --config=configs/<name>.py '
+         '[--config.FIELD=VALUE ...] [--canaries=1000] [--steps=-1] '
+         '[--alpha=0.05] [--canary_scale=1000] [--seed=-1] [--json=PATH]')
 
 
 def _flag_values(argv: list[str]) -> flags.FlagValues:
@@ -79,6 +91,14 @@ def _flag_values(argv: list[str]) -> flags.FlagValues:
                        'coordinates.', flag_values=fv)
   flags.DEFINE_float('noise_tolerance', 0.01, 'noise: relative tolerance.',
                      flag_values=fv)
+  flags.DEFINE_integer('canaries', 1000, 'mechanism: Dirac canaries m.',
+                       flag_values=fv)
+  flags.DEFINE_integer('steps', -1, 'mechanism: steps T (-1: the config\'s '
+                       'train.steps).', flag_values=fv)
+  flags.DEFINE_float('alpha', 0.05, 'mechanism: 1 - confidence.',
+                     flag_values=fv)
+  flags.DEFINE_float('canary_scale', 1000.0, 'mechanism: canary gradient '
+                     'norm / C before clipping.', flag_values=fv)
   return fv
 
 
@@ -119,6 +139,41 @@ def _noise(fv, config, argv) -> int:
   return 0 if report.passed else 1
 
 
+def _mechanism(fv, config, argv) -> int:
+  """The `mechanism` command (Dirac canaries, `dpjax.audit.dirac`)."""
+  from dpjax.audit import dirac  # pylint: disable=g-import-not-at-top
+  if fv.canaries < 1:
+    return _usage_error(f'--canaries={fv.canaries}; valid: >= 1')
+  if fv.steps == 0 or fv.steps < -1:
+    return _usage_error(f'--steps={fv.steps}; valid: >= 1, or -1 for the '
+                        "config's train.steps")
+  if not 0 < fv.alpha < 1:
+    return _usage_error(f'--alpha={fv.alpha}; valid: in (0, 1)')
+  if not fv.canary_scale > 1:
+    return _usage_error(f'--canary_scale={fv.canary_scale}; valid: > 1')
+  config_path = fv['config'].config_filename
+  t0 = time.time()
+  try:
+    result = dirac.audit_mechanism(
+        config, canaries=fv.canaries,
+        steps=None if fv.steps == -1 else fv.steps, alpha=fv.alpha,
+        seed=fv.seed, canary_scale=fv.canary_scale)
+  except ConfigError as e:
+    print(f'dpjax.audit: invalid configuration: {e}', file=sys.stderr)
+    return 2
+  print(f'dpjax.audit mechanism {config_path}: {result.steps} steps with '
+        f'{result.num_canaries} Dirac canaries in {time.time() - t0:.1f} s')
+  for line in result.lines():
+    print(line)
+  print(result.summary(), flush=True)
+  if fv.json:
+    _write_json(fv.json, {'config': config_path, 'argv': argv[1:],
+                          'seconds': time.time() - t0,
+                          'passed': result.passed,
+                          'report': result.to_dict()})
+  return 0 if result.passed else 1
+
+
 def main(argv: list[str] | None = None) -> int:
   """Runs the command; returns its exit code."""
   argv = list(sys.argv if argv is None else argv)
@@ -131,13 +186,15 @@ def main(argv: list[str] | None = None) -> int:
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError,
           OSError) as e:  # config_flags raises these for bad files/fields
     return _usage_error(f'{type(e).__name__}: {e}')
-  if rest[1:] not in (['replay'], ['noise']):
-    return _usage_error(f'expected the command "replay" or "noise", got '
-                        f'{rest[1:]}')
+  if rest[1:] not in (['replay'], ['noise'], ['mechanism']):
+    return _usage_error(f'expected the command "replay", "noise" or '
+                        f'"mechanism", got {rest[1:]}')
   if config is None:
     return _usage_error('--config is required')
   if rest[1] == 'noise':
     return _noise(fv, config, argv)
+  if rest[1] == 'mechanism':
+    return _mechanism(fv, config, argv)
   bad = [s for s in fv.scenarios if s not in replay_lib.SCENARIOS]
   if bad or not fv.scenarios:
     return _usage_error(f'--scenarios: {bad or "empty"}; valid: '
