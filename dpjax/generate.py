@@ -23,7 +23,7 @@ Flags:
   --num_samples=1        completions to draw; with more than one, each is
                          preceded by a line '--- sample i/n ---'.
 
-Exit code 0, or 2 with one line on stderr when the work directory holds no
+--help prints this text. Exit code 0, or 2 with one line on stderr when the work directory holds no
 run or checkpoint, the run is not a decoder LM, or a flag is out of range.
 Generation is post-processing of the DP weights: no privacy cost.
 """
@@ -33,6 +33,8 @@ from __future__ import annotations
 import sys
 
 from absl import flags
+
+from dpjax import cli_flags
 
 USAGE = ('usage: python -m dpjax.generate --workdir=DIR --prompt=TEXT '
          '[--temperature=0.8] [--top_p=0.95] [--max_tokens=64] [--seed=0] '
@@ -85,6 +87,9 @@ def _check(fv) -> str | None:
 def main(argv: list[str] | None = None) -> int:
   """Runs the command; returns its exit code."""
   argv = list(sys.argv if argv is None else argv)
+  if cli_flags.help_requested(argv):
+    print(f'{__doc__.strip()}\n\n{USAGE}')
+    return 0
   fv = _flag_values()
   try:
     rest = fv(argv)

@@ -15,6 +15,8 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
+from dpjax import cli_flags
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, '
                     'the privacy report and plots.')
@@ -53,5 +55,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # One line and exit code 2 for --config.nonexistent=3; exit code 0 for
+  # --help (absl's is 1).
+  cli_flags.exit_on_unknown_override(sys.argv)
   jax.config.config_with_absl()
-  app.run(main)
+  app.run(main, flags_parser=cli_flags.parse_flags)

@@ -126,7 +126,8 @@ class SourceInfo:
   """The model and data a run started from (public: from the config).
 
   Attributes:
-    name: the card's title.
+    name: config.export.name ('' for the default title, see `title`).
+    source: the base model's short name ('<family>-random-init' without).
     family: the model family ('llama', 'bert', ...).
     base_model: the Hub id of the base model, or None (random init, or a
       local file whose Hub id is not known).
@@ -137,6 +138,7 @@ class SourceInfo:
     dataset: the training data in words.
   """
   name: str
+  source: str
   family: str
   base_model: str | None
   base_description: str
@@ -249,7 +251,7 @@ def source_info(config, family: str | None = None) -> SourceInfo:
   init, path = config.model.init, config.model.path
   hub = lic = None
   if init == 'random':
-    base = f'{family} from random initialization (no base model)'
+    base = f'a random initialization ({family} family; no base model)'
   else:
     if path in _PACKAGED:
       hub, lic = _PACKAGED[path]
@@ -269,8 +271,7 @@ def source_info(config, family: str | None = None) -> SourceInfo:
              re.sub(r'\.gguf$', '',
                     os.path.basename(os.path.normpath(path)).replace(
                         'package:', ''))))
-  name = config.export.name or f'{source} DP fine-tune'
-  return SourceInfo(name=name, family=family, base_model=hub,
+  return SourceInfo(name=config.export.name, source=source, family=family, base_model=hub,
                     base_description=base, license=lic, task=config.data.task,
                     peft=_peft_text(config.peft),
                     dataset=_dataset_text(config.data))
@@ -295,6 +296,18 @@ def _yaml_scalar(s: str) -> str:
   """A YAML scalar: plain when safe, else a JSON (double-quoted) string."""
   plain = _PLAIN_YAML.match(s) and s.lower() not in _YAML_WORDS
   return s if plain else json.dumps(s)
+
+
+def title(facts: ReportFacts, source: str, name: str = '') -> str:
+  """`name` if set, else '<source> DP fine-tune' for a private run (and
+  '... fine-tune (not differentially private)' or '... fine-tune')."""
+  if name:
+    return name
+  if facts.formally_private:
+    return f'{source} DP fine-tune'
+  if facts.found:
+    return f'{source} fine-tune (not differentially private)'
+  return f'{source} fine-tune'
 
 
 def _yaml_number(x: float | int) -> str:
@@ -444,11 +457,13 @@ def _table(rows: list[tuple[str, str]]) -> list[str]:
 
 def render_card(facts: ReportFacts, info: SourceInfo) -> str:
   """The model card (`README.md`), Hugging Face Hub format."""
-  lines = [front_matter(facts, info).rstrip('\n'), '', f'# {info.name}', '']
+  lines = [front_matter(facts, info).rstrip('\n'), '',
+           f'# {title(facts, info.source, info.name)}', '']
   lines += [w + '\n' for w in _warnings(facts)]
-  private_words = ('with differential privacy' if facts.formally_private
-                   else 'without a differential privacy guarantee')
-  lines += [f'Fine-tuned {private_words} by dpjax from '
+  private_words = ('' if not facts.found else
+                   ' with differential privacy' if facts.formally_private
+                   else ' without a differential privacy guarantee')
+  lines += [f'Trained with dpjax{private_words}, starting from '
             f'{info.base_description}. Trained parameters: {info.peft}.',
             '', '## Differential privacy', '']
   if not facts.found:
@@ -526,7 +541,9 @@ def render_card(facts: ReportFacts, info: SourceInfo) -> str:
 
 def gguf_description(facts: ReportFacts, info: SourceInfo) -> str:
   """One paragraph for `general.description`."""
-  head = f'{info.name}: fine-tuned by dpjax from {info.base_description}.'
+  head = (f'{title(facts, info.source, info.name)}: trained with dpjax, '
+          'starting from '
+          f'{info.base_description}.')
   if not facts.found:
     return (head + ' No privacy report was found when it was exported: no '
             'privacy guarantee is stated, and none should be assumed.')

@@ -413,9 +413,9 @@ def _gguf_names(config, model: Model, facts=None, info=None
   info = info or model_card.source_info(config, model.family)
   facts = facts or model_card.ReportFacts(path='', found=False)
   return dict(
-      name=config.export.name or f'{base} DP fine-tune',
+      name=model_card.title(facts, base, config.export.name),
       general={'basename': base, 'finetune': 'dp',
-               'base_model': info.base_model or source or None,
+               'base_model': source or None,
                'license': info.license,
                'description': model_card.gguf_description(facts, info),
                'tags': model_card.tags(facts, info)})

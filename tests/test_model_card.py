@@ -96,10 +96,29 @@ def test_not_private_run_says_so_first(tmp_path):
   assert meta['differential_privacy']['private'] is False
   assert meta['differential_privacy']['epsilon'] == math.inf
   intro = body.split('## Differential privacy')[0]
-  assert '**This model is NOT differentially private.**' in intro
+  assert intro.lstrip().startswith(
+      '# llama-random-init fine-tune (not differentially private)\n\n'
+      '**This model is NOT differentially private.**')
   assert 'Noise multiplier' not in body
   assert model_card.gguf_description(facts, _info()).count(
       'NOT differentially private') == 1
+
+
+def test_insecure_fixed_seed_is_the_first_thing_said(tmp_path):
+  fixed = {'source': 'insecure_fixed_seed',
+           'insecure_fixed_randomness_seed': 17, 'secret_state': 'kept'}
+  ledger = PrivacyLedger(sampling='poisson', neighbouring='add_remove',
+                         unit=UNIT, dataset_size=N, batch_size=40)
+  ledger.record(40.0 / N, 1.1, 30)
+  reporting.write_report(str(tmp_path), _plan(), ledger,
+                         types.SimpleNamespace(max_batch_size=48),
+                         dict(FINAL), randomness=fixed)
+  facts = model_card.load_facts(str(tmp_path))
+  _, body = _split(model_card.render_card(facts, _info()))
+  first = body.strip().split('\n\n')[1]
+  assert first.startswith('**WARNING: ') and '17' in first
+  assert model_card.gguf_metadata(facts)['dpjax.insecure_fixed_randomness']
+  assert 'WARNING' in model_card.gguf_description(facts, _info())
 
 
 def test_formally_not_private_mode_says_so_first(tmp_path):
@@ -121,6 +140,7 @@ def test_missing_report_gives_no_numbers(tmp_path):
   assert meta['differential_privacy'] == {'report_found': False}
   assert 'differential-privacy' not in meta['tags']
   assert 'No privacy report was found' in body
+  assert body.lstrip().startswith('# llama-random-init fine-tune\n')
   assert 'ε =' not in body and 'Steps' not in body and '→' not in body
   assert model_card.gguf_metadata(facts) == {
       'dpjax.report': 'privacy_report.json not found',
