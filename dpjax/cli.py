@@ -156,7 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{', '.join(COMMANDS)}\n{usage()}", file=sys.stderr)
     return 2
   if command == 'report':
-    return _report(rest)
+    try:
+      return _report(rest)
+    except BrokenPipeError:  # e.g. `dpjax report DIR | head`
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+      return 0
   return _run_module(COMMANDS[command][0], command, rest)
 
 
