@@ -28,8 +28,6 @@ from dpjax.audit import dirac
 from dpjax.audit.__main__ import main as audit_main
 from tests.audit_helpers import tiny_config
 
-pytest.importorskip('dpjax.accounting.one_run_audit')
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, 'configs', 'debug.py')
 # The audited run (module docstring).
@@ -58,11 +56,12 @@ def test_canary_gradients_are_exact_and_separate():
   m, scale = 5, 1000.0
   trainable = dirac.with_canary_leaf(model.trainable, m)
   loss = dirac.canary_loss_fn(model.loss_fn, scale)
-  from dpjax import input_pipeline  # pylint: disable=g-import-not-at-top
-  data = input_pipeline.build(config.data, None, seed=config.seed)
+  n, seq = 4, config.data.seq_len   # 4 real records of random tokens
+  tokens = np.random.default_rng(0).integers(0, 258, (n, seq + 1), np.int32)
+  train = {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
+           'weights': np.ones((n, seq), np.float32)}
   included = np.asarray([True, False, True, True, False])
-  arrays = dirac.canary_training_set(data.train, included)
-  n = data.train_size
+  arrays = dirac.canary_training_set(train, included)
   np.testing.assert_array_equal(arrays[dirac.CANARY_FIELD][:n], -1)
   np.testing.assert_array_equal(arrays[dirac.CANARY_FIELD][n:], [0, 2, 3])
   grad = jax.jit(jax.grad(lambda p, ex: loss(p, model.frozen, ex,
@@ -80,15 +79,35 @@ def test_canary_gradients_are_exact_and_separate():
     if k != dirac.CANARY_LEAF:
       for leaf in jax.tree.leaves(x):
         np.testing.assert_array_equal(leaf, 0.0)
-  # The vmap engine clips the canary to C: its sum has C e_k there.
-  engine = grad_engines.VmapEngine(loss, microbatch_size=4)
-  idx = np.asarray([0, n, 1, n + 2])
+
+
+def test_the_engine_clips_a_canary_to_c_and_keeps_real_records_off_it():
+  """With a toy model (cheap to compile): the vmap engine's clipped sum has
+  C e_k on the audit leaf for canary k and nothing from real records."""
+  def toy_loss(p, frozen, ex, key):
+    del frozen, key
+    return jnp.sum(p['w'] * ex['x']) ** 2
+
+  m, c = 4, 0.5
+  loss = dirac.canary_loss_fn(toy_loss, 1000.0 * c)
+  trainable = dirac.with_canary_leaf({'w': jnp.ones((3,))}, m)
+  train = {'x': np.arange(15, dtype=np.float32).reshape(5, 3)}
+  arrays = dirac.canary_training_set(train, np.asarray([1, 0, 0, 1], bool))
+  engine = grad_engines.VmapEngine(loss, microbatch_size=2)
+  idx = np.asarray([0, 5, 1, 6])   # real, canary 0, real, canary 3
   batch = {k: jnp.asarray(v[idx]) for k, v in arrays.items()}
-  out = engine.clipped_sum(trainable, model.frozen, batch, jnp.ones((4,)),
+  out = engine.clipped_sum(trainable, None, batch, jnp.ones((4,)),
                            jax.random.split(jax.random.key(0), 4),
-                           clip_norm=0.5, step=0)
+                           clip_norm=c, step=0)
   np.testing.assert_allclose(out.clipped_sum[dirac.CANARY_LEAF],
-                             0.5 * (np.eye(m)[0] + np.eye(m)[3]), rtol=1e-6)
+                             [c, 0, 0, c], rtol=1e-6)
+  # The model leaf: the two real records, each clipped to C (norms > C).
+  g = jax.vmap(jax.grad(toy_loss), (None, None, 0, None))(
+      {'w': jnp.ones((3,))}, None, {'x': jnp.asarray(train['x'][:2])}, None)
+  g = np.asarray(g['w'])
+  want = sum(r * min(1.0, c / np.linalg.norm(r)) for r in g)
+  np.testing.assert_allclose(out.clipped_sum['w'], want, rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(out.norms)[[1, 3]], 1000.0 * c)
 
 
 def test_tap_reads_the_released_sum():

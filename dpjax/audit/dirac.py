@@ -213,6 +213,7 @@ class MechanismAudit:
   notes: tuple[str, ...] = ()
   scores: np.ndarray | None = None
   included: np.ndarray | None = None
+  times_sampled: np.ndarray | None = None   # per canary, over the T steps
 
   @property
   def epsilon_lb(self) -> float:
@@ -253,11 +254,12 @@ class MechanismAudit:
 
   def to_dict(self) -> dict[str, Any]:
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-           if f.name not in ('result', 'scores', 'included', 'notes')}
+           if f.name not in ('result', 'scores', 'included', 'notes',
+                                    'times_sampled')}
     out.update(result=_as_dict(self.result), notes=list(self.notes),
                epsilon_lb=self.epsilon_lb, passed=self.passed,
                alpha=float(self.result.alpha))
-    for name in ('scores', 'included'):
+    for name in ('scores', 'included', 'times_sampled'):
       v = getattr(self, name)
       out[name] = None if v is None else np.asarray(v).tolist()
     return jax.tree.map(lambda x: x.item() if isinstance(x, np.generic)
@@ -425,4 +427,5 @@ def audit_mechanism(config, *, canaries: int = DEFAULT_CANARIES,
       score_mean_out=float(out_scores.mean()) if out_scores.size
       else math.nan,
       score_std_out=float(out_scores.std()) if out_scores.size else math.nan,
-      seed=seed, notes=tuple(notes), scores=scores, included=included)
+      seed=seed, notes=tuple(notes), scores=scores, included=included,
+      times_sampled=drawn)
