@@ -1,4 +1,4 @@
-"""`python -m dpjax.audit {replay,noise,mechanism} --config=configs/<name>.py [flags]`.
+"""`python -m dpjax.audit {replay,noise,mechanism} --config=CONFIG [flags]`.
 
 `mechanism` trains the config's step for T steps with m white-box Dirac
 canaries (each included with probability 1/2) and prints the claimed epsilon

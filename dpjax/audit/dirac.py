@@ -86,6 +86,7 @@ from dpjax import randomness
 from dpjax import run_setup
 from dpjax import sampling
 from dpjax import sharding
+from dpjax.accounting import one_run_audit
 from dpjax.audit import capture
 
 PyTree = Any
@@ -320,7 +321,6 @@ def audit_mechanism(config, *, canaries: int = DEFAULT_CANARIES,
     ConfigError: an invalid, non-private or unsupported config.
     ValueError: bad arguments.
   """
-  from dpjax.accounting import one_run_audit  # pylint: disable=g-import-not-at-top
   if canaries < 1 or not 0 < alpha < 1 or not canary_scale > 1:
     raise ValueError(f'need canaries >= 1, 0 < alpha < 1, canary_scale > 1; '
                      f'got {canaries}, {alpha}, {canary_scale}')
@@ -329,8 +329,9 @@ def audit_mechanism(config, *, canaries: int = DEFAULT_CANARIES,
   model, data, plan, mesh = run_setup.build_inputs(config)
   seed = capture.audit_seed(config, seed)
   secret = randomness.SecretRandomness.from_insecure_seed(seed)
-  coins = np.random.default_rng(np.random.SeedSequence(int.from_bytes(
-      secret._derive('audit/dirac-canary-coins', 32), 'little')))  # pylint: disable=protected-access
+  material = secret._derive('audit/dirac-canary-coins', 32)  # pylint: disable=protected-access
+  coins = np.random.default_rng(np.random.SeedSequence(
+      int.from_bytes(material, 'little')))
   included = coins.random(canaries) < 0.5
   n_real = data.train_size
   arrays = canary_training_set(data.train, included)
