@@ -357,7 +357,9 @@ def _audit_lines(a: dict[str, Any]) -> list[str]:
     lines.append('  eps_lb: ' + a.get('status', 'not computed'))
   else:
     ceiling = a.get('epsilon_lb_ceiling')
-    ceil = '' if ceiling is None else f', at most {ceiling:.3g} possible'
+    ceil = ('' if ceiling is None else
+            f" (at most {ceiling:.3g} possible with {a['num_guesses']} "
+            'guesses)')
     lines.append(
         f"  eps_lb = {a['epsilon_lb']:.4g} at confidence "
         f"{a['confidence']:.3g}, delta = {a['delta']:.3g} (claimed epsilon "

@@ -146,7 +146,8 @@ def test_nonprivate_run_memorises_and_exports_when_asked(tmp_path,
                                                           monkeypatch):
   c = _config(export_with_canaries=True)
   c.dp.enabled = False
-  c.train.steps = 25
+  c.train.steps = 12
+  c.train.learning_rate = 2e-2
   c.export.formats = ('hf',)
   _, out, report, text, exports, drawn = _run(tmp_path, monkeypatch, c)
   a = report['audit']
@@ -163,6 +164,7 @@ def test_nonprivate_run_memorises_and_exports_when_asked(tmp_path,
 def test_private_run_stays_below_its_claim_and_is_not_exported(
     tmp_path, monkeypatch, capsys):
   c = _config()
+  c.train.steps = 3
   c.dp.target_epsilon = 0.5
   c.export.formats = ('hf', 'gguf')
   work, out, report, text, exports, drawn = _run(tmp_path, monkeypatch, c)
@@ -181,10 +183,20 @@ def test_private_run_stays_below_its_claim_and_is_not_exported(
   _check_ledger(out, report, drawn, a['num_included'])
   # Nothing per canary is written: no scores, tokens or coins.
   assert not {'scores', 'included', 'canaries'} & set(a)
-  # A finished run re-run without its (deleted) secret state cannot
-  # regenerate its canaries: the audit says so instead of scoring others.
+
+
+@pytest.mark.slow
+def test_finished_run_without_its_secret_state_reports_no_bound(tmp_path):
+  # Re-run after the secret state was deleted: the canaries it trained on
+  # cannot be regenerated, so the audit says so instead of scoring others.
+  c = _config()
+  c.train.steps = 2
+  work = str(tmp_path / 'run')
+  first = train.train_and_evaluate(c, work)['report']['audit']
+  assert first['status'] == 'computed'
   again = train.train_and_evaluate(c, work)['report']['audit']
   assert again['epsilon_lb'] is None and 'secret state' in again['status']
+  assert again['num_canaries'] == 64
 
 
 def test_report_section_only_with_an_audit_and_a_violation_is_named():

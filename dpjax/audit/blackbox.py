@@ -33,8 +33,10 @@ Formal guarantees:
   with probability q = B / N (the sampler's rate over N + n_in records is
   q), clipped to C and noised with sigma C: the accounted mechanism (q,
   sigma, T over N real records) is what ran, with n_in extra records that
-  are independent of the real ones. The 1/B normalisation divides by the
-  planned B = qN (a public constant, post-processing).
+  are independent of the real ones. The 1/B normalisation (and DP-Adam-AC's
+  clip count) divides by the planned B = qN, a public constant: the
+  canaries scale the update by about (N + n_in) / N, which changes utility,
+  not the guarantee.
   Validity of eps_lb: each canary is itself one record under the same
   mechanism, and its coin is an independent fair coin, so Theorem 3 of
   Steinke et al. applies to the guesses made from the scores of the final
