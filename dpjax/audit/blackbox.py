@@ -65,6 +65,7 @@ import numpy as np
 import optax
 
 from dpjax import sampling
+from dpjax.accounting import one_run_audit
 
 METHOD = ('one-run black-box canaries (Steinke et al. 2023), loss scores')
 SCORE = ('minus the mean per-token loss of the canary under the final raw '
@@ -196,6 +197,15 @@ def score_canaries(module, params, records: dict[str, np.ndarray],
   return np.concatenate(out).astype(np.float64)
 
 
+def _ceiling(m: int, r: int, alpha: float, delta: float) -> float | None:
+  """The largest eps_lb that r guesses among m canaries can give."""
+  try:
+    return float(one_run_audit.max_epsilon_lower_bound(
+        int(m), int(r), alpha=alpha, delta=delta))
+  except (ValueError, ZeroDivisionError):
+    return None
+
+
 class CanaryAudit:
   """One run's canaries: what the trainer trains on and how it is scored.
 
@@ -298,16 +308,10 @@ class CanaryAudit:
           'not computed: the run resumed without its secret state, so the '
           'canaries it trained on cannot be regenerated'))
       return out
-    from dpjax.accounting import one_run_audit  # pylint: disable=g-import-not-at-top
     res = one_run_audit.epsilon_lower_bound(
         self.scores(module, params), self.included, alpha=s.alpha,
         delta=plan.delta)
-    def ceiling(r):
-      try:
-        return float(one_run_audit.max_epsilon_lower_bound(
-            s.canaries, int(r), alpha=s.alpha, delta=plan.delta))
-      except (ValueError, ZeroDivisionError):
-        return None
+    ceiling = lambda r: _ceiling(s.canaries, r, s.alpha, plan.delta)
     out.update(
         status='computed',
         epsilon_lb=float(res.epsilon_lb),
