@@ -85,6 +85,12 @@ SETTINGS = {
     'b256_t4_lr2e-2_r1': _s(steps=4, batch_size=256, max_batch_size=304,
                             learning_rate=2e-2, lora_rank=1, lora_alpha=2.0),
     'b128_t8_w2': _s(batch_size=128, max_batch_size=168, warmup_steps=2),
+    'b256_t4_lr5e-3': _s(steps=4, batch_size=256, max_batch_size=304,
+                         learning_rate=5e-3),
+    'b128_t8_lr5e-3': _s(batch_size=128, max_batch_size=168,
+                         learning_rate=5e-3),
+    'b256_t4_lr3e-3': _s(steps=4, batch_size=256, max_batch_size=304,
+                         learning_rate=3e-3),
 }
 
 _FIELD = {  # setting key -> config path
@@ -247,6 +253,10 @@ def _fmt(x, spec):
   return '' if x is None else format(x, spec)
 
 
+def _pct(x):
+  return '' if x is None else f'{100 * x:.1f}%'
+
+
 def _describe(s):
   b = _BASE
   parts = [f"T={s['steps']}", f"B={s['batch_size']:g} (pad {s['max_batch_size']})",
@@ -258,7 +268,7 @@ def _describe(s):
   for k in ('ema_decay', 'l2_clip_norm', 'seq_len', 'microbatch_size'):
     if s[k] != b[k]:
       parts.append(f'{k}={s[k]}')
-  return ', '.join(parts)
+  return ', '.join(parts).replace('|', '\\|')  # Markdown table cell
 
 
 def markdown(db):
@@ -300,8 +310,7 @@ def markdown(db):
         f"{g(dp or np_, 'nll_initial')} | {g(dp, 'nll_final')} | "
         f"{g(np_, 'nll_final')} | {_fmt(row.get('gain_dp'), '.4f')} | "
         f"{_fmt(row.get('gain_np'), '.4f')} | "
-        f"{_fmt(None if row.get('ratio') is None else 100 * row['ratio'], '.1f')}% | "
-        f"{_fmt(None if row.get('ratio_ema') is None else 100 * row['ratio_ema'], '.1f')}% | "
+        f"{_pct(row.get('ratio'))} | {_pct(row.get('ratio_ema'))} | "
         f"{g(dp, 'wall_s', '.0f')} ({g(dp, 'cpu_s', '.0f')}) / "
         f"{g(np_, 'wall_s', '.0f')} ({g(np_, 'cpu_s', '.0f')}) | "
         f"{g(dp, 'load1_start', '.1f')}-{g(dp, 'load1_end', '.1f')} / "
