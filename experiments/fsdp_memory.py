@@ -204,7 +204,7 @@ def compile_step(config, *, keep_text: bool = False,
   """
   t0 = time.perf_counter()
   with abstract_models():
-    model, _, plan, mesh = run_setup.build_inputs(config)
+    model, data, plan, mesh = run_setup.build_inputs(config)
   secret = SecretRandomness.from_insecure_seed(0)
   stages, clip_norm_fn, _ = run_setup.build_stages(config, plan,
                                                    secret.noise_key())
@@ -229,7 +229,8 @@ def compile_step(config, *, keep_text: bool = False,
   ids = jax.ShapeDtypeStruct((bmax,), jnp.int32, sharding=bsh)
   dkey = jax.device_put(secret.dropout_key(), sharding.replicated(mesh))
   step = jax.jit(run_setup.make_step(config, model, stages, plan,
-                                     clip_norm_fn, run_setup.rgp_key(config)),
+                                     clip_norm_fn, run_setup.rgp_key(config),
+                                     data),
                  donate_argnums=(0,))
   t1 = time.perf_counter()
   with unrolled_scans() if unroll else contextlib.nullcontext():

@@ -96,7 +96,8 @@ def step_variant(args, dtype: str):
                                                    jax.random.key(1))
   tx = optimizers.chain(stages)
   step = jax.jit(run_setup.make_step(config, model, stages, plan,
-                                     clip_norm_fn, run_setup.rgp_key(config)),
+                                     clip_norm_fn, run_setup.rgp_key(config),
+                                     data),
                  donate_argnums=(0,))
   b = config.train.max_batch_size
   batch = {k: jnp.asarray(v[:b]) for k, v in data.train.items()}

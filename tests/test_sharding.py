@@ -154,7 +154,7 @@ def one_step(n):
   placed = {k: (tuple(x.shape), tuple(x.addressable_shards[0].data.shape),
                 tuple(x.sharding.spec)) for k, x in named(state).items()}
   step = jax.jit(run_setup.make_step(c, model, stages, plan, clip_fn,
-                                     run_setup.rgp_key(c)),
+                                     run_setup.rgp_key(c), data),
                  donate_argnums=(0,))
   bmax = c.train.max_batch_size
   idx = (np.arange(bmax) * 7) % data.train_size

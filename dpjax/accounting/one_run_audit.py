@@ -18,7 +18,14 @@ method; the reported eps itself satisfies the inequality, and since
 (eps', delta)-DP implies (eps, delta)-DP for eps' < eps, every claim at or
 below it is rejected as well).
 
-Guess selection (`guesses='search'`) reproduces the reference implementation
+Guess selection (`guesses='search'`). The default, `correction='grid'`,
+guesses "in" on the k highest scores (ties in a random order from `seed`)
+for each k of a family fixed before anything is seen, k = m/2^j (about
+log2(m) + 1 counts), splits alpha evenly over them (Bonferroni) and reports
+the largest bound: sound (see "Formal guarantees"), and on the issue's
+golden scores stronger than the reference (2.08 / 4.09 / 6.39 for mu = 1 /
+2 / 4 against 1.133 / 2.312 / 4.396), since the hull has hundreds of
+vertices to pay for. `correction='hull'` reproduces the reference implementation
 `CanaryScoreAuditor.epsilon_one_run` of google-deepmind/jax_privacy
 (`jax_privacy/auditing.py`, default `Bonferroni()` threshold strategy),
 re-implemented here in NumPy/SciPy:
@@ -29,7 +36,7 @@ re-implemented here in NumPy/SciPy:
     score", reduced to the vertices of the upper convex hull of the
     (false-negative count, true-negative count) ROC points;
   * alpha is split evenly (Bonferroni) over those hull vertices (the
-    default `correction='hull'`; `'all'` uses m + 1 instead), and the
+    `correction='hull'`; `'all'` uses m + 1 instead), and the
     largest per-threshold bound is reported.
 
 Ties: with `guesses='search'` guesses are whole score thresholds, so a group
@@ -48,7 +55,12 @@ Formal guarantees:
   probability >= 1 - alpha over the coins and the training randomness, any
   claim of (eps, delta)-DP with eps < epsilon_lb is false.
 
-  For `guesses='search'` the threshold is chosen after seeing the coins, and
+  For `guesses='search'` with the default `correction='grid'` each of the
+  G fixed counts is such a fixed rule, so by the union bound P[epsilon_lb >
+  eps] <= G (alpha / G) = alpha (measured: 2.1% of 2000 seeds of scores
+  independent of the coins, m = 1000, alpha = 0.05).
+
+  For `correction='hull'` the threshold is chosen after seeing the coins, and
   alpha is divided by the number of convex-hull vertices, as in the
   reference. That count is itself data dependent (the hull uses the coins),
   so the union bound is over a data-chosen family; it is what the reference
@@ -327,6 +339,37 @@ def _best_threshold(m: int, r: np.ndarray, v: np.ndarray, alpha: float,
   return best
 
 
+def guess_grid(m: int) -> np.ndarray:
+  """The fixed family of guess counts of `correction='grid'`.
+
+  k = round(m / 2^j) for j = 0, 1, ... (k >= 1), i.e. about log2(m) + 1
+  counts chosen before any score or coin is seen.
+  """
+  ks, j = set(), 0
+  while True:
+    k = int(round(m / 2.0 ** j))
+    if k < 1:
+      break
+    ks.add(k)
+    j += 1
+  return np.asarray(sorted(ks), np.int64)
+
+
+def _grid_search(s: np.ndarray, c: np.ndarray, alpha: float, delta: float,
+                 seed: int) -> OneRunAudit:
+  """Bonferroni over the fixed guess counts `guess_grid(m)`: sound."""
+  m = s.size
+  ks = guess_grid(m)
+  ranked = _ranked(s, seed)
+  in_from_top = np.cumsum(c[ranked[::-1]].astype(np.int64))
+  v_all = in_from_top[ks - 1]
+  eps, r, v = _best_threshold(m, ks, v_all, alpha / ks.size, delta)
+  method = (f'steinke2023 thm3 (delta via prop5); top-k in-guesses, '
+            f'bonferroni alpha/{ks.size} over the fixed counts k = m/2^j '
+            f'(random tie order, seed {seed})')
+  return OneRunAudit(float(eps), m, r, v, r, 0, alpha, delta, method)
+
+
 def _search(s: np.ndarray, c: np.ndarray, alpha: float, delta: float,
             correction: str) -> OneRunAudit:
   """Threshold search of the reference (jax_privacy epsilon_one_run).
@@ -354,7 +397,7 @@ def _search(s: np.ndarray, c: np.ndarray, alpha: float, delta: float,
     num_tests = m + 1
     family = 'all m+1 score thresholds'
   else:
-    raise ValueError(f"correction must be 'hull' or 'all', got "
+    raise ValueError(f"correction must be 'grid', 'hull' or 'all', got "
                      f'{correction!r}.')
   alpha_each = alpha / num_tests
   r_all = tp + fp
@@ -410,7 +453,7 @@ def epsilon_lower_bound(scores: Sequence[float] | np.ndarray,
                         alpha: float = 0.05, delta: float = 0.0,
                         guesses: str | int | tuple[int, int] = 'search',
                         seed: int = 0,
-                        correction: str = 'hull') -> OneRunAudit:
+                        correction: str = 'grid') -> OneRunAudit:
   """One-run lower bound on epsilon from canary scores and coins.
 
   Args:
@@ -422,8 +465,10 @@ def epsilon_lower_bound(scores: Sequence[float] | np.ndarray,
       correction), an int k_plus (top k_plus guessed in, no out guesses), or
       (k_plus, k_minus) for a fixed choice.
     seed: seed of the random order of tied scores (fixed guesses only).
-    correction: multiple-testing correction of the search. 'hull' (default;
-      the reference, reproduces its published values) divides alpha by the
+    correction: multiple-testing correction of the search. 'grid' (default,
+      sound): top-k guesses for the ~log2(m) + 1 counts k = m/2^j fixed in
+      advance, alpha divided by their number. 'hull' (the reference;
+      reproduces its published values) divides alpha by the
       number of ROC-hull vertices, a data-dependent count (see "Formal
       guarantees"); 'all' divides it by m + 1, a fixed family of threshold
       rules, for which the union bound is rigorous (it is much weaker when
@@ -440,11 +485,13 @@ def epsilon_lower_bound(scores: Sequence[float] | np.ndarray,
   s, c = _validate_inputs(scores, included)
   fixed = _parse_guesses(guesses)
   if fixed is None:
+    if correction == 'grid':
+      return _grid_search(s, c, alpha, delta, seed)
     return _search(s, c, alpha, delta, correction)
   return _fixed(s, c, fixed[0], fixed[1], alpha, delta, seed)
 
 
 __all__ = [
     'OneRunAudit', 'epsilon_lower_bound', 'epsilon_lower_bound_from_counts',
-    'max_epsilon_lower_bound', 'p_value',
+    'max_epsilon_lower_bound', 'p_value', 'guess_grid',
 ]

@@ -48,6 +48,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dpjax import audit
+from dpjax import cli_flags
 from dpjax.audit import neighbouring as replay_lib
 from dpjax.audit import noise_probe
 from dpjax.configuration import ConfigError
@@ -177,6 +178,13 @@ def _mechanism(fv, config, argv) -> int:
 def main(argv: list[str] | None = None) -> int:
   """Runs the command; returns its exit code."""
   argv = list(sys.argv if argv is None else argv)
+  if cli_flags.help_requested(argv):
+    print(__doc__)
+    return 0
+  problem = cli_flags.unknown_override(argv)
+  if problem:
+    print(f'dpjax.audit: invalid configuration: {problem}', file=sys.stderr)
+    return 2
   fv = _flag_values(argv)
   try:
     rest = fv(argv)
