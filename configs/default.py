@@ -173,7 +173,14 @@ def get_config():
   config.train.log_every = 10
   config.train.log_nonprivate_stats = False  # True: also log train loss / clip fraction of
                                        # private batches (NOT covered by epsilon).
-  config.train.eval_every = 50
+  config.train.eval_every = 50          # Held-out evaluation every k steps (and at step 0 and the end).
+  # Besides eval_every: this many evaluations evenly spaced over the run (steps ceil(k T / n),
+  # k = 1..n, the last at the final step), so the console and training.png show a curve.
+  config.train.evals_during_run = 4
+  # Evaluations during the run use the first K held-out records (rounded up to whole
+  # data.eval_batch_size batches; the curve 'heldout_subset'); step 0 and the final step use
+  # all of data.max_eval_records (and report the subset beside them). 0: all records always.
+  config.train.eval_records_during_run = 0
   config.train.checkpoint_every = 50
   config.train.keep_checkpoints = 2
 
@@ -207,5 +214,6 @@ def get_config():
   config.export.formats = ()           # hf | gguf (written with the EMA weights)
   config.export.gguf_dtype = 'q8_0'    # f32 | f16 | q8_0: matrices in the GGUF (README: sizes, NLL)
   config.export.name = ''              # general.name in the GGUF ('': '<model.path name> DP fine-tune')
-  config.plot = True
+  config.plot = True                   # workdir/training.png: held-out loss and epsilon so far.
+  config.tensorboard = True            # workdir/tensorboard/: TensorBoard scalars (tensorboardX).
   return config

@@ -204,6 +204,8 @@ def validate(config) -> None:
   _check(isinstance(v, bool), 'train.log_nonprivate_stats', v, 'True or False')
   for f in ('log_every', 'eval_every', 'checkpoint_every'):
     _number(config, f'train.{f}', 1, integer=True)
+  _number(config, 'train.evals_during_run', 0, integer=True)
+  _number(config, 'train.eval_records_during_run', 0, integer=True)
   _number(config, 'train.keep_checkpoints', 1, integer=True)
   del steps
 
@@ -224,6 +226,9 @@ def validate(config) -> None:
          "'f32', 'f16' or 'q8_0'")
   v = _get(config, 'export.name')
   _check(isinstance(v, str), 'export.name', v, 'a string')
+  for f in ('plot', 'tensorboard'):
+    v = _get(config, f)
+    _check(isinstance(v, bool), f, v, 'True or False')
   _validate_user_level(config)
   _validate_audit(config)
 

@@ -6,6 +6,11 @@ be overridden on the command line, e.g. `--config.train.steps=20`.
 Many processes (docs/scaling.md): `--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I` on each (jax.distributed's names); with
 none of them, a Cloud TPU VM or a SLURM job with several tasks is detected.
+
+The console shows the run's own lines (start, progress, evaluations, the
+report and the end summary; process 0 only) and warnings; library logs go to
+WORKDIR/dpjax.log. `--verbosity=0` (`-v 0`; 1 for DEBUG), `--logtostderr` or
+`--alsologtostderr` print them on the console as well (`dpjax.console`).
 """
 
 import sys
@@ -45,6 +50,11 @@ def main(argv):
   except ValueError as e:
     print(f'dpjax: invalid command line: {e}', file=sys.stderr)
     sys.exit(2)
+  from dpjax import console  # pylint: disable=g-import-not-at-top
+  # Library INFO logs to workdir/dpjax.log; the console keeps warnings, the
+  # run's own lines and, with --verbosity/-v, every record again.
+  console.setup_logging(FLAGS.workdir, verbose=console.verbose_requested(FLAGS),
+                        process_index=distributed.process_index)
   from dpjax import configuration  # pylint: disable=g-import-not-at-top
   from dpjax import train  # pylint: disable=g-import-not-at-top
   try:

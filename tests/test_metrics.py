@@ -1,10 +1,12 @@
-"""Tests for dpjax.metrics: metrics lines, the progress line and the plot."""
+"""Tests for dpjax.metrics and dpjax.console's progress line: metrics lines,
+TensorBoard tags, the progress line and the plot."""
 
 import json
 import os
 
 import pytest
 
+from dpjax import console
 from dpjax import metrics
 
 CONTEXT = {'epsilon_delta': 1e-5, 'sampling': 'poisson',
@@ -29,38 +31,50 @@ def _estimate(warnings=(), epsilon=2.9, bound=3.4):
               privacy_warnings=list(warnings))
 
 
+def _progress(start=0):
+  """A progress line maker on a fake clock: 2 s per call."""
+  t = iter(range(0, 1000, 2))
+  return console.Progress(6, start, clock=lambda: next(t))
+
+
 def test_progress_line_of_an_upper_bound(capsys):
-  line = metrics.Progress(6, 0).line(4, 5.12, _bound(),
-                                     loss_label='last held-out loss')
-  assert line.startswith('step 4/6  last held-out loss 5.1200  eps so far '
-                         '3.100 (pld upper bound, delta=1e-05, poisson, '
-                         'add_remove)  elapsed')
+  line = _progress().line(4, _bound(), heldout=(3, 5.12))
+  assert line.startswith('step 4/6  2 steps/s  ETA 1s  eps so far 3.100 (pld '
+                         'upper bound, delta=1e-05, poisson, add_remove)  '
+                         'held-out loss 5.1200 (step 3)')
   assert 'ESTIMATE' not in line and '[' not in line
-  assert line in capsys.readouterr().out
+  assert 'private' not in line
+  console.Console().progress(line)
+  assert capsys.readouterr().out == line + '\n'  # printed once
 
 
 def test_progress_line_of_an_estimate_shows_the_bound_beside_it():
-  line = metrics.Progress(6, 0).line(4, 5.12, _estimate())
+  line = _progress().line(4, _estimate())
   assert ('eps so far 2.900 (edgeworth ESTIMATE, not a bound; pld upper '
           'bound 3.400, delta=1e-05, poisson, add_remove)') in line
+  assert 'held-out' not in line  # none yet
+
+
+def test_private_statistics_are_labelled_not_covered():
+  line = _progress().line(4, _bound(), private={'train_loss': 1.25})
+  assert line.endswith('private batch: train_loss 1.25 (NOT covered by eps)')
 
 
 def test_an_estimate_is_never_shown_without_its_bound():
   rec = _estimate()
   del rec['epsilon_upper_bound']
   with pytest.raises(ValueError, match='epsilon_upper_bound'):
-    metrics.Progress(6, 0).line(4, 5.12, rec)
+    _progress().line(4, rec)
   with pytest.raises(ValueError, match='epsilon_kind'):
-    metrics.Progress(6, 0).line(4, 5.12, _bound() | {'epsilon_kind': 'bound'})
+    _progress().line(4, _bound() | {'epsilon_kind': 'bound'})
 
 
 def test_warnings_come_first_in_brackets():
-  line = metrics.Progress(6, 2).line(4, 1.0, _estimate([NOT_PRIVATE,
-                                                         INSECURE]))
-  assert line.startswith(f'[{NOT_PRIVATE}] [{INSECURE}] step 4/6  loss '
-                         '1.0000  eps so far 2.900 (edgeworth ESTIMATE')
+  line = _progress(2).line(4, _estimate([NOT_PRIVATE, INSECURE]))
+  assert line.startswith(f'[{NOT_PRIVATE}] [{INSECURE}] step 4/6  ')
+  assert 'eps so far 2.900 (edgeworth ESTIMATE' in line
   # No warnings, no brackets.
-  assert not metrics.Progress(6, 2).line(4, 1.0, _bound()).startswith('[')
+  assert not _progress(2).line(4, _bound()).startswith('[')
 
 
 def test_non_private_run_says_so():
@@ -68,9 +82,30 @@ def test_non_private_run_says_so():
              epsilon_accountant='none (non-private)',
              epsilon_kind='none (non-private)',
              privacy_warnings=['NOT PRIVATE: dp.enabled=False'])
-  line = metrics.Progress(6, 0).line(1, 1.0, rec)
+  line = _progress().line(1, rec)
   assert line.startswith('[NOT PRIVATE: dp.enabled=False] step 1/6')
   assert 'eps so far inf (NOT PRIVATE: no guarantee)' in line
+  assert metrics.tensorboard_scalars(dict(rec, step=1)) == {}
+
+
+def test_steps_per_second_leave_out_the_first_line():
+  t = iter([0.0, 10.0, 12.0])
+  p = console.Progress(6, 0, clock=lambda: next(t))
+  assert '0.2 steps/s' in p.line(2, _bound())  # at t = 10: compilation too
+  assert '1 steps/s' in p.line(4, _bound())  # 2 steps in the 2 s since then
+
+
+def test_tensorboard_tags():
+  rec = dict(_estimate(), step=3, clip_norm=1.0, learning_rate=0.01,
+             eval_loss=4.5, eval_subset_loss=4.6, eval_subset_records=8,
+             train_loss=3.0)
+  tags = metrics.tensorboard_scalars(rec)
+  assert tags == {
+      'privacy/epsilon_edgeworth_ESTIMATE': 2.9,
+      'privacy/epsilon_pld_upper_bound': 3.4,
+      'train/clip_norm': 1.0, 'train/learning_rate': 0.01,
+      'heldout/loss': 4.5, 'heldout_subset/loss': 4.6,
+      'private_batches_NOT_covered_by_epsilon/train_loss': 3.0}
 
 
 def test_eps_record_round_trips_through_metrics_jsonl(tmp_path):
