@@ -146,7 +146,24 @@ def _tuple_literal(works):
   return '(' + ''.join(f"'{w}'," for w in works) + ')'
 
 
-def run_one(name, setting, private, heldout_name, workroot, tail_lines=40):
+def snapshot(workroot):
+  """A clean copy of the committed tree (git archive HEAD), so that runs never
+  see another engineer's half-made edits in the shared working tree."""
+  dest = os.path.join(workroot, 'code')
+  os.makedirs(dest)
+  archive = subprocess.run(['git', 'archive', 'HEAD'], cwd=ROOT,
+                           capture_output=True, check=True).stdout
+  subprocess.run(['tar', '-x', '-C', dest], input=archive, check=True)
+  return dest
+
+
+def _has_field(code, name):
+  with open(os.path.join(code, 'configs', 'default.py'), encoding='utf-8') as f:
+    return f'config.{name} =' in f.read()
+
+
+def run_one(name, setting, private, heldout_name, workroot, tail_lines=40,
+            code=ROOT):
   heldout = TUNING_HELDOUT if heldout_name == 'tuning' else REPORTED_HELDOUT
   workdir = os.path.join(workroot, f"{name}_{'dp' if private else 'np'}_"
                          f'{heldout_name}')
@@ -162,11 +179,17 @@ def run_one(name, setting, private, heldout_name, workroot, tail_lines=40):
            f'--config.train.checkpoint_every={steps}',
            "--config.dp.report_accountants=('pld',)",
            '--config.export.formats=()', '--config.plot=False']
+  # Later code evaluates during the run and writes TensorBoard files: off here
+  # (evaluation does not change training; the runs stay comparable).
+  if _has_field(code, 'train.evals_during_run'):
+    args.append('--config.train.evals_during_run=0')
+  if _has_field(code, 'tensorboard'):
+    args.append('--config.tensorboard=False')
   load0, t0 = _load1(), time.time()
   started = datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec='seconds')
   cpu0 = _child_cpu()
-  proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
+  proc = subprocess.run(args, cwd=code, capture_output=True, text=True,
                         check=False)
   wall = time.time() - t0
   rec = {'setting': name, 'private': private, 'heldout': heldout_name,
@@ -174,7 +197,8 @@ def run_one(name, setting, private, heldout_name, workroot, tail_lines=40):
          'started_utc': started, 'wall_s': round(wall, 1),
          'cpu_s': round(_child_cpu() - cpu0, 1),
          'load1_start': load0, 'load1_end': _load1(),
-         'returncode': proc.returncode, 'commit': _git_commit()}
+         'returncode': proc.returncode, 'commit': _git_commit(),
+         'code': 'git archive HEAD' if code != ROOT else 'working tree'}
   if proc.returncode != 0:
     rec['error_tail'] = '\n'.join(
         (proc.stdout + proc.stderr).splitlines()[-tail_lines:])
@@ -336,7 +360,7 @@ def markdown(db):
   return '\n'.join(lines) + '\n'
 
 
-def make_run(db, note, as_setting=''):
+def make_run(db, note, as_setting='', code=ROOT):
   workdir = '/tmp/qs_time'
   shutil.rmtree(workdir, ignore_errors=True)
   cmd = [PY, '-m', 'dpjax.main', '--config=configs/quickstart.py',
@@ -345,7 +369,7 @@ def make_run(db, note, as_setting=''):
   started = datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec='seconds')
   cpu0 = _child_cpu()
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+  proc = subprocess.run(cmd, cwd=code, capture_output=True, text=True,
                         check=False)
   wall = time.time() - t0
   cpu = _child_cpu() - cpu0
@@ -354,7 +378,9 @@ def make_run(db, note, as_setting=''):
          'started_utc': started, 'wall_s': round(wall, 1),
          'cpu_s': round(cpu, 1),
          'load1_start': load0, 'load1_end': _load1(),
-         'returncode': proc.returncode, 'commit': _git_commit(), 'note': note}
+         'returncode': proc.returncode, 'commit': _git_commit(), 'note': note,
+         'code': ('git archive HEAD (a fresh clone\'s files)' if code != ROOT
+                  else 'working tree')}
   rep_path = os.path.join(workdir, 'privacy_report.json')
   if proc.returncode == 0 and os.path.exists(rep_path):
     with open(rep_path, encoding='utf-8') as f:
@@ -411,6 +437,8 @@ def main():
                   'the reported works (its overrides must equal quickstart.py)')
   ap.add_argument('--note', default='', help='note for --make_run / --add_note')
   ap.add_argument('--add_note', action='store_true')
+  ap.add_argument('--working_tree', action='store_true',
+                  help='run the working tree, not a git archive of HEAD')
   ap.add_argument('--render', action='store_true',
                   help='only rewrite the Markdown from the JSON')
   args = ap.parse_args()
@@ -428,6 +456,7 @@ def main():
       raise SystemExit(f'unknown setting {n!r}; known: {sorted(SETTINGS)}')
   modes = [m for m in args.modes.split(',') if m]
   workroot = tempfile.mkdtemp(prefix='default_run_tuning_')
+  code = ROOT if args.working_tree else snapshot(workroot)
   try:
     for n in names:
       for m in modes:
@@ -441,7 +470,8 @@ def main():
           continue
         print(f'run {n} {m} {args.heldout} (load {_load1()})', flush=True)
         try:
-          rec = run_one(n, SETTINGS[n], private, args.heldout, workroot)
+          rec = run_one(n, SETTINGS[n], private, args.heldout, workroot,
+                      code=code)
         finally:
           os.remove(claim)
         db = _load()  # another invocation may have appended meanwhile
@@ -450,6 +480,8 @@ def main():
         print(json.dumps({k: v for k, v in rec.items()
                           if k not in ('overrides', 'heldout_works')}),
               flush=True)
+    if args.make_run:
+      make_run(_load(), args.note, args.as_setting, code)
   finally:
     shutil.rmtree(workroot, ignore_errors=True)
   if args.choose:
@@ -458,8 +490,6 @@ def main():
                     'overrides': SETTINGS[args.choose],
                     'text': args.choose_text or f'`{args.choose}`'}
     _save(db)
-  if args.make_run:
-    make_run(_load(), args.note, args.as_setting)
 
 
 if __name__ == '__main__':
