@@ -222,11 +222,13 @@ class Progress:
     eps = metrics_lib.describe_epsilon(eps_record)
     now = self._clock()
     rate = self.rate(step, now)
-    if self._first is None:
+    first = self._first is None
+    if first:
       self._first = (step, now)
     eta = (self.total - step) / rate if rate > 0 else math.nan
     msg = (f'{_warnings(eps_record)}step {step}/{self.total}  '
-           f'{rate:.3g} steps/s  ETA {_duration(eta)}  eps so far {eps}')
+           f'{rate:.3g} steps/s' + (' (incl. start-up)' if first else '') +
+           f'  ETA {_duration(eta)}  eps so far {eps}')
     if heldout is not None and math.isfinite(heldout[1]):
       msg += f'  held-out loss {heldout[1]:.4f} (step {heldout[0]})'
     if private:

@@ -39,7 +39,8 @@ def _progress(start=0):
 
 def test_progress_line_of_an_upper_bound(capsys):
   line = _progress().line(4, _bound(), heldout=(3, 5.12))
-  assert line.startswith('step 4/6  2 steps/s  ETA 1s  eps so far 3.100 (pld '
+  assert line.startswith('step 4/6  2 steps/s (incl. start-up)  ETA 1s  '
+                         'eps so far 3.100 (pld '
                          'upper bound, delta=1e-05, poisson, add_remove)  '
                          'held-out loss 5.1200 (step 3)')
   assert 'ESTIMATE' not in line and '[' not in line
@@ -91,8 +92,10 @@ def test_non_private_run_says_so():
 def test_steps_per_second_leave_out_the_first_line():
   t = iter([0.0, 10.0, 12.0])
   p = console.Progress(6, 0, clock=lambda: next(t))
-  assert '0.2 steps/s' in p.line(2, _bound())  # at t = 10: compilation too
-  assert '1 steps/s' in p.line(4, _bound())  # 2 steps in the 2 s since then
+  # At t = 10: compilation too, and the line says so.
+  assert '0.2 steps/s (incl. start-up)  ETA 20s' in p.line(2, _bound())
+  line = p.line(4, _bound())
+  assert '1 steps/s  ETA 2s' in line  # 2 steps in the 2 s since then
 
 
 def test_tensorboard_tags():
