@@ -181,6 +181,8 @@ def get_config():
   # data.eval_batch_size batches; the curve 'heldout_subset'); step 0 and the final step use
   # all of data.max_eval_records (and report the subset beside them). 0: all records always.
   config.train.eval_records_during_run = 0
+  config.train.eval_ema_during_run = True  # False: evaluations during the run skip the EMA weights
+                                       # (half the cost; step 0 and the final step evaluate both).
   config.train.checkpoint_every = 50
   config.train.keep_checkpoints = 2
 

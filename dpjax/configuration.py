@@ -206,6 +206,8 @@ def validate(config) -> None:
     _number(config, f'train.{f}', 1, integer=True)
   _number(config, 'train.evals_during_run', 0, integer=True)
   _number(config, 'train.eval_records_during_run', 0, integer=True)
+  v = _get(config, 'train.eval_ema_during_run')
+  _check(isinstance(v, bool), 'train.eval_ema_during_run', v, 'True or False')
   _number(config, 'train.keep_checkpoints', 1, integer=True)
   del steps
 

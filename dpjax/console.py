@@ -287,11 +287,14 @@ class Console:
     sub = 'eval_loss' not in ev  # the subset alone, during the run
     pre = 'eval_subset_' if sub else 'eval_'
     n = ev['eval_subset_records'] if sub else heldout_records
+    def ema(key, fmt):
+      v = ev.get(pre + key + '_ema')
+      return f' (EMA {v:{fmt}})' if v is not None else ''
     msg = (f'eval  step {step}/{total}  held-out loss {ev[pre + "loss"]:.4f}'
-           f' (EMA {ev[pre + "loss_ema"]:.4f})  accuracy '
-           f'{ev[pre + "accuracy"]:.3f} (EMA {ev[pre + "accuracy_ema"]:.3f})'
-           f'  on {n}' + (f' of {heldout_records}' if n != heldout_records
-                          else '') + ' held-out records')
+           f'{ema("loss", ".4f")}  accuracy {ev[pre + "accuracy"]:.3f}'
+           f'{ema("accuracy", ".3f")}  on {n}' +
+           (f' of {heldout_records}' if n != heldout_records else '') +
+           ' held-out records')
     if not sub and 'eval_subset_loss' in ev:
       msg += (f' (first {ev["eval_subset_records"]}: '
               f'{ev["eval_subset_loss"]:.4f})')

@@ -579,14 +579,17 @@ def evaluate_both(model, state, frozen, data, config, eval_fn, batch_sh, *,
 
   `full`: on every held-out record (EVAL_KEYS), and, when
   `train.eval_records_during_run` selects a subset, on that subset too
-  ('eval_subset_*', from the same pass). Not `full`: on the subset alone.
+  ('eval_subset_*', from the same pass). Not `full`: on the subset alone,
+  and of the raw weights alone unless `train.eval_ema_during_run`.
   Held-out data is public: these are released as they are.
   """
   n = next(iter(data.heldout.values())).shape[0]
   sub = _subset_batches(config, n)
   out: dict[str, Any] = {}
-  for suffix, trainable in (('', state.trainable),
-                            ('_ema', steps_lib.ema_trainable(state))):
+  weights = [('', state.trainable)]
+  if full or config.train.eval_ema_during_run:
+    weights.append(('_ema', steps_lib.ema_trainable(state)))
+  for suffix, trainable in weights:
     args = (eval_fn, model.combine(trainable, frozen), data.heldout,
             config.data.eval_batch_size, batch_sh)
     if sub is None:

@@ -130,7 +130,8 @@ def test_private_statistics_and_a_subset_during_the_run(tmp_path, capsys):
   from dpjax import train  # pylint: disable=g-import-not-at-top
   config = debug.get_config()
   config.train.update(steps=4, log_every=1, log_nonprivate_stats=True,
-                      eval_records_during_run=8, checkpoint_every=4)
+                      eval_records_during_run=8, eval_ema_during_run=False,
+                      checkpoint_every=4)
   config.data.eval_batch_size = 8
   config.plot = False
   out = train.train_and_evaluate(config, str(tmp_path))
@@ -145,12 +146,29 @@ def test_private_statistics_and_a_subset_during_the_run(tmp_path, capsys):
   # every evaluation (the same pass at the ends): one consistent curve.
   assert [s for s, _ in tags['heldout/loss']] == [0, 4]
   assert [s for s, _ in tags['heldout_subset/loss']] == [0, 1, 2, 3, 4]
+  # The EMA weights at the ends alone (train.eval_ema_during_run=False).
+  assert [s for s, _ in tags['heldout_subset/loss_ema']] == [0, 4]
   evals = [l for l in lines if l.startswith('eval ')]
   assert 'on 8 of 32 held-out records' in evals[1]
   assert 'on 32 held-out records (first 8: ' in evals[-1]
   # The report's held-out figures are the whole set's.
   assert out['final']['eval_loss'] == pytest.approx(tags['heldout/loss'][-1][1])
   assert 'eval_subset_loss' not in out['report']['evaluation']
+
+
+def test_evaluation_lines(capsys):
+  c = console.Console()
+  sub = {'eval_subset_loss': 4.1, 'eval_subset_accuracy': 0.3,
+         'eval_subset_records': 32}
+  assert c.evaluation(2, 4, sub, 64) == (
+      'eval  step 2/4  held-out loss 4.1000  accuracy 0.300  on 32 of 64 '
+      'held-out records')
+  whole = {'eval_loss': 4.0, 'eval_accuracy': 0.25, 'eval_loss_ema': 4.2,
+           'eval_accuracy_ema': 0.2}
+  assert c.evaluation(4, 4, dict(whole, **sub), 64) == (
+      'eval  step 4/4  held-out loss 4.0000 (EMA 4.2000)  accuracy 0.250 '
+      '(EMA 0.200)  on 64 held-out records (first 32: 4.1000)')
+  assert len(capsys.readouterr().out.splitlines()) == 2
 
 
 def test_evaluation_steps():
@@ -164,7 +182,8 @@ def test_evaluation_steps():
 
 @pytest.mark.parametrize('field,value', [
     ('train.evals_during_run', -1), ('train.evals_during_run', 1.5),
-    ('train.eval_records_during_run', -2), ('tensorboard', 'yes')])
+    ('train.eval_records_during_run', -2), ('tensorboard', 'yes'),
+    ('train.eval_ema_during_run', 1)])
 def test_new_fields_are_validated(field, value):
   import ml_collections  # pylint: disable=g-import-not-at-top
   tree = debug.get_config().to_dict()
