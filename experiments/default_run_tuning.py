@@ -261,6 +261,8 @@ def pairs(db):
     dp, np_ = _find(db, key[0], True, key[1]), _find(db, key[0], False,
                                                          key[1])
     row = {'setting': key[0], 'heldout': key[1], 'dp': dp, 'np': np_}
+    if not dp and not np_:  # only failed runs (listed below the table)
+      continue
     if dp and np_:
       g_dp = dp['nll_initial'] - dp['nll_final']
       g_np = np_['nll_initial'] - np_['nll_final']
