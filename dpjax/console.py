@@ -9,9 +9,10 @@ before -> after, the files written). The privacy report prints itself.
 
 Logging (`setup_logging`, called by `dpjax.main`): the log records of the
 libraries (orbax, absl, gguf, JAX's backend probe...) and dpjax's own INFO
-lines go to `workdir/dpjax.log` (process I > 0: `dpjax.process<I>.log`),
-not to the console. Warnings and errors still reach the console (stderr).
-The rule: `--verbosity` (`-v`), `--logtostderr` or `--alsologtostderr` on
+lines go to `workdir/dpjax.log`, not to the console (processes other than 0
+write no file, as for every output of the run: their console keeps
+warnings and errors, and with `-v` the rest). Warnings and errors still
+reach the console (stderr). The rule: `--verbosity` (`-v`), `--logtostderr` or `--alsologtostderr` on
 the command line bring every log record the verbosity selects back to the
 console, as absl prints them (`-v 0`: INFO, `-v 1`: DEBUG); the log file
 always holds INFO and above (and DEBUG with `-v 1`).
@@ -43,10 +44,6 @@ CONSOLE_LOGGER = 'dpjax.console'  # the console's lines, copied to the log
 # data-validation lines the data owner needs, never written to a file.
 _DATA_OWNER_MODULES = (os.path.join('dpjax', 'input_pipeline.py'),)
 PRIVATE_LABEL = 'NOT covered by eps'
-
-
-def log_file_name(process_index: int = 0) -> str:
-  return LOG_FILE if not process_index else f'dpjax.process{process_index}.log'
 
 
 def _is_data_owner_line(record: logging.LogRecord) -> bool:
@@ -102,7 +99,7 @@ def _console_handlers() -> list[logging.Handler]:
 
 
 def setup_logging(workdir: str, *, verbose: bool = False,
-                  process_index: int | Callable[[], int] = 0) -> str:
+                  process_index: int | Callable[[], int] = 0) -> str | None:
   """Sends log records to `workdir`'s log file; the console keeps warnings.
 
   Call once, after flags are parsed (absl's handler is installed) and before
@@ -112,12 +109,13 @@ def setup_logging(workdir: str, *, verbose: bool = False,
     workdir: the run's work directory (created if missing).
     verbose: also print every record the verbosity selects on the console
       (`verbose_requested`).
-    process_index: this process (0 writes `dpjax.log`), or a function that
-      returns it (called once the console filters are in place: it may
-      start JAX's backends, whose log lines then reach the file alone).
+    process_index: this process (0 alone writes `dpjax.log`), or a
+      function that returns it (called once the console filters are in
+      place: it may start JAX's backends, whose log lines then reach the
+      file alone).
 
   Returns:
-    The log file's path.
+    The log file's path (None on processes other than 0).
   """
   root = logging.getLogger()
   if root.level == logging.NOTSET or root.level > logging.INFO:
@@ -140,8 +138,12 @@ def setup_logging(workdir: str, *, verbose: bool = False,
       root.removeHandler(held)
   else:
     held = None
+  if process_index:
+    if held is not None:
+      held.close()
+    return None
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, log_file_name(process_index))
+  path = os.path.join(workdir, LOG_FILE)
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   handler = logging.FileHandler(path, encoding='utf-8')
   handler.setFormatter(absl_logging.PythonFormatter())
@@ -304,8 +306,9 @@ class Console:
           initial: float | None, final: dict[str, Any], workdir: str,
           written: Iterable[str]) -> str:
     """The end summary: epsilon, held-out loss before -> after, files."""
+    eps = metrics_lib.describe_epsilon(eps_record)
     msg = (f'{_warnings(eps_record)}done  {steps} steps in '
-           f'{_duration(seconds)}  eps {metrics_lib.describe_epsilon(eps_record)}')
+           f'{_duration(seconds)}  eps {eps}')
     after = final.get('eval_loss')
     if after is not None:
       before = (f'{initial:.4f} -> ' if isinstance(initial, (int, float))

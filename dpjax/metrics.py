@@ -1,4 +1,4 @@
-"""Run outputs: JSON-lines metrics, TensorBoard scalars and the loss/epsilon plot.
+"""Run outputs: JSON-lines metrics, TensorBoard scalars, the loss/eps plot.
 
 Every line is flushed and fsynced as it is written, so nothing written is
 lost on a crash; on resume, lines past the restored step are dropped so the

@@ -206,8 +206,9 @@ def root_handlers():
     if h not in saved:
       root.removeHandler(h)
       h.close()
+  ours = console._ConsoleFilter  # pylint: disable=protected-access
   for h in saved:
-    for f in [f for f in h.filters if isinstance(f, console._ConsoleFilter)]:  # pylint: disable=protected-access
+    for f in [f for f in h.filters if isinstance(f, ours)]:
       h.removeFilter(f)
   root.setLevel(level)
 
@@ -253,4 +254,9 @@ def test_verbose_requested():
   assert console.verbose_requested(flags(present=1))
   assert console.verbose_requested(flags(logtostderr=True))
   assert console.verbose_requested(flags(also=True))
-  assert console.log_file_name(3) == 'dpjax.process3.log'
+
+
+def test_other_processes_write_no_log_file(tmp_path, root_handlers):
+  del root_handlers
+  assert console.setup_logging(str(tmp_path / 'w'), process_index=3) is None
+  assert not (tmp_path / 'w').exists()
