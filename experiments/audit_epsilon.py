@@ -180,6 +180,13 @@ def render(runs: list[dict]) -> str:
         f"q; {s['steps']} steps, lr {s['learning_rate']}; m = "
         f"{s['canaries']} canaries of {s['canary_tokens']} tokens, alpha "
         f"{s['alpha']}, delta {s['delta']}.")
+  if any(r['model'] == 'smollm2_long' for r in runs):
+    lines += [
+        '', 'smollm2_long: the non-private run at lr 1e-2 diverged after '
+        'step 48 (train loss 6.2 at step 16, 6.5 at 32, 6.6 at 48, 11.3 at '
+        '64, 11.4 at 80; held-out NLL 5.25 -> 8.72): its weak eps_lb '
+        'reflects a broken model, not privacy. More steps at this learning '
+        'rate do not make a stronger reference.']
   lines += [
       '', 'Reading: every private row must have ε_lb ≤ claimed ε (a row '
       'above would be a violation, or the ≤ 5% false alarm). A black-box '
@@ -187,7 +194,11 @@ def render(runs: list[dict]) -> str:
       'adversary sees only the last model\'s losses, and few steps give each '
       'canary few chances to be memorised; it can reveal an over-claimed ε, '
       'never show that a claim is tight. The non-private rows show what the '
-      'same scoring detects when nothing protects the canaries.', '']
+      'same scoring detects when nothing protects the canaries.', '',
+      'Seconds are wall time on a shared 2-core CPU (load 7-15 during the '
+      'runs); secret randomness from OS entropy, so each row is one run and '
+      'not reproducible bit for bit. The rows were run at commits '
+      '782d2ca0b7..81b58e4ff2 with the same audit code.', '']
   return '\n'.join(lines)
 
 
