@@ -198,7 +198,8 @@ def render(runs: list[dict]) -> str:
       'Seconds are wall time on a shared 2-core CPU (load 7-15 during the '
       'runs); secret randomness from OS entropy, so each row is one run and '
       'not reproducible bit for bit. The rows were run at commits '
-      '782d2ca0b7..81b58e4ff2 with the same audit code.', '']
+      '782d2ca0b7 to the one below (2026-12-03 22:40 to 12-04 00:25 UTC), '
+      'with the same audit code.', '']
   return '\n'.join(lines)
 
 
