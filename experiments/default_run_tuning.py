@@ -375,6 +375,7 @@ def make_run(db, note, as_setting='', code=ROOT):
                         check=False)
   wall = time.time() - t0
   cpu = _child_cpu() - cpu0
+  db = _load()  # other invocations may have written while this one ran
   rec = {'command': '.venv/bin/python -m dpjax.main '
                     '--config=configs/quickstart.py --workdir=/tmp/qs_time',
          'started_utc': started, 'wall_s': round(wall, 1),
