@@ -21,16 +21,17 @@ the gains: on the tuning works the DP gain is about the old setting's (0.268
 against 0.276 nats/token); DP / non-private gain rose from 61% (rank 4) to
 95% (rank 1) because the rank-1 non-private twin gains less.
 
-Measured (2026-12-04, 2 CPU cores shared with other engineers' jobs and this
-experiment's non-private twin, 1-minute load 3-10): 42 min wall, 785 CPU s in
-all (GGUF load, tokenization, compilation, 4 steps, 5 evaluations, HF and
-GGUF export); the old setting took 5 min 12 s on an idle machine, about 420
-CPU s without export; sigma = 0.3496; held-out NLL on 64 records of the
-held-out plays 4.276 -> 3.987 nats/token (EMA weights 4.043), against 3.960
-for a non-private run of the same setting: 91% of its gain (EMA 71%). The
-old setting reached 3.926 (67% of 3.755): a larger DP gain than this one.
-epsilon under PLD 8.00, RDP 10.05 (upper bounds), Edgeworth 1.43 (an
-estimate), delta = 1e-5, Poisson sampling, add/remove one sequence.
+Measured (2026-12-04, 2 CPU cores, 1-minute load 0.1 at the start and 1.8 at
+the end): 6 min 57 s wall, 730 CPU s in all (GGUF load, tokenization,
+compilation, 4 steps, 5 evaluations, HF and GGUF export); an earlier run
+beside other engineers' jobs (load 3-10) took 42 min. The old setting took
+5 min 12 s on an idle machine. sigma = 0.3496; held-out NLL on 64 records of
+the held-out plays 4.276 -> 3.987 nats/token (EMA weights 4.043; a second run
+3.979, EMA 4.024), against 3.960 (EMA 3.947) for a non-private run of the
+same setting: 91% of its gain (EMA 71%). The old setting reached 3.926 (67%
+of 3.755): a larger DP gain than this one. epsilon under PLD 8.00, RDP 10.05
+(upper bounds), Edgeworth 1.43 (an estimate), delta = 1e-5, Poisson
+sampling, add/remove one sequence.
 """
 
 from configs import default
