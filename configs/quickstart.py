@@ -48,7 +48,8 @@ def get_config():
   # a larger draw (probability 0.15% per step) takes two chunks.
   config.train.update(steps=4, batch_size=256, max_batch_size=304,
                       microbatch_size=8, learning_rate=1e-2, ema_decay=0.5,
-                      log_every=1, eval_every=8, checkpoint_every=4)
+                      log_every=1, eval_every=8, checkpoint_every=4,
+                      eval_records_during_run=32, eval_ema_during_run=False)
   config.dp.update(target_epsilon=8.0, noise_multiplier=-1.0, delta=1e-5,
                    l2_clip_norm=1.0, accountant='pld')
   config.export.formats = ('hf', 'gguf')
