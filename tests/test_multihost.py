@@ -214,8 +214,9 @@ def test_resume_after_kill_continues_exactly(runs):
 def test_only_process_zero_writes(runs):
   w = runs['w']['p4_lora']
   names = sorted(os.listdir(w))
-  assert names == ['checkpoints', 'config.json', 'export', 'metrics.jsonl',
-                   'privacy_report.json', 'privacy_report.txt'], names
+  assert names == ['checkpoints', 'config.json', 'dpjax.log', 'export',
+                   'metrics.jsonl', 'privacy_report.json',
+                   'privacy_report.txt', 'tensorboard'], names
   with open(os.path.join(w, 'metrics.jsonl')) as f:
     steps = [json.loads(l)['step'] for l in f]
   assert steps == sorted(steps)
