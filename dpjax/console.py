@@ -156,6 +156,24 @@ def setup_logging(workdir: str, *, verbose: bool = False,
   return path
 
 
+def discard_log(workdir: str) -> bool:
+  """Undoes `setup_logging` for a run refused before it began: closes the
+  log file and removes it, and `workdir` when nothing else is in it (a bad
+  input leaves no half-made work directory). Returns whether it did."""
+  root = logging.getLogger()
+  for h in [h for h in root.handlers if getattr(h, '_dpjax_log', False)]:
+    root.removeHandler(h)
+    h.close()
+  try:
+    if set(os.listdir(workdir)) != {LOG_FILE}:
+      return False
+    os.remove(os.path.join(workdir, LOG_FILE))
+    os.rmdir(workdir)
+  except OSError:
+    return False
+  return True
+
+
 def _n(x: float) -> str:
   """A number, short: 8, 0.03125, 1e-05, 0.4462."""
   return f'{x:.4g}'

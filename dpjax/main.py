@@ -50,7 +50,9 @@ def main(argv):
   except ValueError as e:
     print(f'dpjax: invalid command line: {e}', file=sys.stderr)
     sys.exit(2)
+  import os  # pylint: disable=g-import-not-at-top
   from dpjax import console  # pylint: disable=g-import-not-at-top
+  new_workdir = not os.path.exists(FLAGS.workdir)
   # Library INFO logs to workdir/dpjax.log; the console keeps warnings, the
   # run's own lines and, with --verbosity/-v, every record again.
   console.setup_logging(FLAGS.workdir, verbose=console.verbose_requested(FLAGS),
@@ -60,6 +62,8 @@ def main(argv):
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except configuration.ConfigError as e:
+    if new_workdir:  # refused before it began: leave no work directory
+      console.discard_log(FLAGS.workdir)
     print(f'dpjax: invalid configuration: {e}', file=sys.stderr)
     sys.exit(2)
 

@@ -260,3 +260,20 @@ def test_other_processes_write_no_log_file(tmp_path, root_handlers):
   del root_handlers
   assert console.setup_logging(str(tmp_path / 'w'), process_index=3) is None
   assert not (tmp_path / 'w').exists()
+
+
+def test_a_refused_run_leaves_no_work_directory(tmp_path, root_handlers):
+  del root_handlers
+  fresh = tmp_path / 'fresh'
+  console.setup_logging(str(fresh), process_index=0)
+  logging.getLogger('orbax.fake').info('a line')
+  assert (fresh / 'dpjax.log').exists()
+  assert console.discard_log(str(fresh))
+  assert not fresh.exists()
+  assert not any(getattr(h, '_dpjax_log', False)
+                 for h in logging.getLogger().handlers)
+  kept = tmp_path / 'kept'  # something else there: nothing is removed
+  console.setup_logging(str(kept), process_index=0)
+  (kept / 'metrics.jsonl').write_text('{}\n')
+  assert not console.discard_log(str(kept))
+  assert (kept / 'dpjax.log').exists() and (kept / 'metrics.jsonl').exists()
