@@ -178,8 +178,11 @@ def test_clip_styles_equal_loop(style, clip):
   total, stats, norms = clipping.microbatched_clipped_sum(
       _loss, params, batch, jnp.asarray(mask), keys, l2_clip_norm=clip,
       microbatch_size=4, clip_style=style)
-  np.testing.assert_allclose(_flat(total), _style_loop(loop, mask, clip, style),
-                             rtol=2e-5, atol=1e-6)
+  want = _style_loop(loop, mask, clip, style)
+  # float32 sums of ten terms of up to ~35: errors scale with the largest
+  # entry, not with each (possibly cancelled) entry.
+  np.testing.assert_allclose(_flat(total), want, rtol=2e-5,
+                             atol=1e-5 * np.max(np.abs(want)))
   np.testing.assert_allclose(norms, [np.linalg.norm(_flat(g)) for g in loop],
                              rtol=1e-5)
   assert float(stats.num_examples) == 10

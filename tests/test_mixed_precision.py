@@ -328,6 +328,7 @@ def _run(tmp_path, dtype):
   return out, train_loss
 
 
+@pytest.mark.slow  # 15 s; the step-level bf16 checks above stay fast
 def test_short_dp_run_bf16_tracks_float32(tmp_path):
   (o32, l32), (o16, l16) = _run(tmp_path, F32), _run(tmp_path, BF16)
   assert len(l32) == len(l16) == 4

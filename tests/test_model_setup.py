@@ -34,6 +34,7 @@ def test_random_init_uses_the_shared_fields(family):
   assert abs(float(loss) - np.log(config.model.vocab_size)) < 1.5
 
 
+@pytest.mark.slow  # 14 s; test_families_train trains gpt2 with DP
 def test_gpt2_random_init_trains_with_dp(tmp_path):
   config = debug.get_config()
   config.model.family = 'gpt2'

@@ -48,6 +48,7 @@ def test_rgp_run_trains_only_the_targets_and_is_accounted_as_dp_sgd(tmp_path):
   assert np.isfinite(out['final']['eval_loss'])
 
 
+@pytest.mark.slow  # 29 s; test_audit_noise covers RGP carriers and LMO noise
 def test_rgp_with_lmo_noise_runs_with_l1_clipping(tmp_path):
   config = _rgp_config(steps=2)
   config.dp.mechanism = 'lmo'
