@@ -4,6 +4,7 @@ outside the owner-only secret store."""
 
 import base64
 import json
+import logging
 import os
 import shutil
 
@@ -14,6 +15,7 @@ import pytest
 
 from configs import debug
 from dpjax import configuration
+from dpjax import console
 from dpjax import input_pipeline
 from dpjax import sampling
 from dpjax import secret_store
@@ -109,8 +111,22 @@ def _needles(payload):
 
 def test_outputs_outside_the_secret_store_hold_no_key_material(tmp_path):
   work = tmp_path / 'run'
-  train.train_and_evaluate(_config(steps=3, keep_secret_state=True),
-                           str(work))
+  # As `python -m dpjax.main` runs it: library logs to work/dpjax.log.
+  root = logging.getLogger()
+  before = list(root.handlers)
+  console.setup_logging(str(work), process_index=0)
+  try:
+    train.train_and_evaluate(_config(steps=3, keep_secret_state=True),
+                             str(work))
+  finally:
+    for h in [h for h in root.handlers if h not in before]:
+      root.removeHandler(h)
+      h.close()
+    for h in before:  # the console filter setup_logging put on them
+      for f in [f for f in h.filters if isinstance(
+          f, console._ConsoleFilter)]:  # pylint: disable=protected-access
+        h.removeFilter(f)
+  assert (work / 'dpjax.log').stat().st_size > 0  # scanned below
   store = secret_store.SecretStore(str(work), keep=10)
   assert store.steps() == [1, 2, 3]
   needles = []
