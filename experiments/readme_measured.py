@@ -14,8 +14,9 @@ reads its file(s) with `results.json(...)`, `results.csv(...)` or
 `results.jsonl(...)`, takes values with `get(data, file, 'a', 'b', ...)`
 (a missing key raises `ResultKeyError` naming the file and the key), and
 append it to `RENDERERS`. Then run this script and commit README.md with the
-result file. Other generated blocks elsewhere in README.md (the export dtype
-table) are listed in `BLOCKS` with their own markers.
+result file. Measured figures belong in this one table; other sections of
+README.md point to it rather than repeat them (`BLOCKS` can still name another
+generated block with its own markers, but none is used).
 """
 
 from __future__ import annotations
@@ -705,6 +706,126 @@ def row_replay_audit(results: Results) -> list[Row]:
       (f, 'replay_audit.md'))]
 
 
+def _mechanism_audit_row(results: Results, f: str) -> Row:
+  """One white-box (Dirac canary) audit file as a Row."""
+  d = results.json(f)
+  setup = get(d, f, 'setup')
+  rows = get(d, f, 'rows')
+  model = setup.get('model_text') or 'debug model (configs/debug.py, full)'
+
+  def lbs(r: dict[str, Any]) -> list[float]:
+    return [num(s, f, 'epsilon_lb') for s in get(r, f, 'seeds')]
+
+  def verdict(r: dict[str, Any]) -> str:
+    claimed = num(r, f, 'claimed_epsilon')
+    fails = sum(1 for v in lbs(r) if v > claimed)
+    n = len(lbs(r))
+    if fails == n:
+      return 'FAIL'
+    return 'pass' if not fails else f'FAIL in {fails} of {n}'
+
+  correct = [r for r in rows if r.get('bug') is None]
+  if not correct:
+    raise ResultKeyError(f'experiments/results/{f}: no row without a '
+                         'planted bug')
+  parts = [
+      'correct step at claimed ε '
+      + ' / '.join(g3(num(r, f, 'claimed_epsilon')) for r in correct)
+      + ': max ε_lb ' + ' / '.join(g3(max(lbs(r))) for r in correct)
+      + ' (' + ', '.join(verdict(r) for r in correct) + ')']
+  names = {'noise/10': 'noise 10× below the ledger', 'noclip': 'no clipping'}
+  for r in rows:
+    bug = r.get('bug')
+    if bug is None:
+      continue
+    text = (f'{names.get(bug, bug)} at claimed ε '
+            f'{g3(num(r, f, "claimed_epsilon"))}: ε_lb {span(lbs(r))} '
+            f'{verdict(r)}')
+    if verdict(r) == 'pass':
+      ceiling = max(num(s, f, 'ceiling') for s in get(r, f, 'seeds'))
+      text += (f' (the bound\'s ceiling, {g3(ceiling)}, leaves no room '
+               'above the claim)')
+    parts.append(text)
+  seeds = num(setup, f, 'seeds')
+  return Row(
+      f'White-box audit (`dpjax.audit mechanism`), {model}: '
+      f'{num(setup, f, "canaries"):.0f} Dirac canaries, N = '
+      f'{num(setup, f, "n"):.0f}, expected batch {num(setup, f, "batch"):.0f},'
+      f' {num(setup, f, "steps"):.0f} steps, {seeds:.0f} '
+      f'seed{"s" if seeds != 1 else ""} per row; ε_lb is an empirical lower '
+      'bound on ε',
+      '; '.join(parts), (f, f.removesuffix('.json') + '.md'))
+
+
+def row_audit_mechanism(results: Results) -> list[Row]:
+  """White-box audits: claimed ε vs ε_lb, planted bugs (audit_mechanism*)."""
+  rows = [_mechanism_audit_row(results, 'audit_mechanism.json')]
+  if results.exists('audit_mechanism_smollm2.json'):
+    rows.append(_mechanism_audit_row(results, 'audit_mechanism_smollm2.json'))
+  return rows
+
+
+# The audit_epsilon.json runs computed with the one-run bound's earlier
+# default search (correction='hull', data-dependent; before commit 97e4618),
+# keyed by the file's stamp so that a rerun drops the note.
+_HULL_AUDIT_RUNS = {'Commit 75ef9bef34': ('debug', 'smollm2')}
+
+
+def row_audit_epsilon(results: Results) -> list[Row]:
+  """Black-box audits: claimed ε vs ε_lb, one run each (audit_epsilon.json)."""
+  f = 'audit_epsilon.json'
+  d = results.json(f)
+  runs = get(d, f, 'runs')
+  models = list(dict.fromkeys(str(get(r, f, 'model')) for r in runs))
+  conf = {num(r, f, 'confidence') for r in runs}
+  if len(conf) != 1:
+    raise ValueError(f'{f}: runs differ in confidence')
+  accountants = {str(get(r, f, 'claimed_epsilon_accountant')).upper()
+                 for r in runs if math.isfinite(num(r, f, 'claimed_epsilon'))}
+  claimed = f'claimed {"/".join(sorted(accountants))} ε'
+  parts = []
+  for model in models:
+    of = select(runs, f, model=model)
+    private = sorted((r for r in of
+                      if math.isfinite(num(r, f, 'claimed_epsilon'))),
+                     key=lambda r: num(r, f, 'claimed_epsilon'))
+    public = [r for r in of if not math.isfinite(num(r, f, 'claimed_epsilon'))]
+    st = get(of[0], f, 'settings')
+    text = (f'{model} ({get(st, f, "model")}, {get(st, f, "peft")}, '
+            f'{num(st, f, "steps"):.0f} steps, '
+            f'{num(st, f, "canaries"):.0f} canaries): ')
+    if private:
+      text += ('ε_lb ' + ' / '.join(g3(num(r, f, 'epsilon_lb'))
+                                    for r in private)
+               + f' at {claimed} '
+               + ' / '.join(g3(num(r, f, 'claimed_epsilon'))
+                            for r in private))
+    for r in public:
+      before = num(r, f, 'heldout_nll_before')
+      after = num(r, f, 'heldout_nll_after')
+      text += (f'{", " if private else ""}{g3(num(r, f, "epsilon_lb"))} '
+               'non-private')
+      if after > before:
+        text += (f' (that run diverged: held-out NLL {before:.2f} → '
+                 f'{after:.2f}, not a reference)')
+    parts.append(text)
+  above = sum(1 for r in runs if num(r, f, 'epsilon_lb')
+              > num(r, f, 'claimed_epsilon'))
+  figure = '; '.join(parts) + (
+      f'. {above or "No"} private run{"" if above < 2 else "s"} above '
+      'its claim')
+  hull = _HULL_AUDIT_RUNS.get(str(d.get('stamp', '')).split(',')[0])
+  if hull:
+    figure += (f'. The {" and ".join(hull)} runs used the older \'hull\' '
+               'search (before commit 97e4618, data-dependent correction); '
+               'the others the current fixed grid')
+  return [Row(
+      'Black-box audit (`audit.enabled=True`), one run per row: secret '
+      'random-token canaries scored by the final model\'s loss; ε_lb is an '
+      f'empirical lower bound ({next(iter(conf)):.0%} confidence)',
+      figure, _present(results, f, 'audit_epsilon.md'))]
+
+
 def row_mutation_report(results: Results) -> list[Row]:
   """Planted one-line bugs caught by the tests (mutation_report.json).
 
@@ -772,37 +893,6 @@ def row_export_dtypes(results: Results) -> list[Row]:
       f'GGUF dtype {get(d, f, "recommendation", "dtype")}: the smallest '
       f'within {g3(num(d, f, "tolerance_nats_per_token"))} nats/token',
       (f, 'export_dtypes.md'))]
-
-
-def export_dtype_table(results_dir: pathlib.Path | str = RESULTS_DIR) -> str:
-  """The README export section's dtype table (between its markers)."""
-  results = Results(results_dir)
-  f, d, rows = _export_rows(results)
-  readers = get(d, f, 'recommendation', 'readers')
-  names = {'dpjax': 'dpjax', 'transformers': 'transformers',
-           'llama_cpp': 'llama.cpp'}
-  lines = ['', '', '| export | `config.export.gguf_dtype` | size (MiB) | '
-           + ' | '.join(f'NLL in {names.get(n, n)}' for n in readers)
-           + ' |', '|---|---|---:|' + '---:|' * len(readers)]
-  for r in rows:
-    hf = get(r, f, 'format') == 'hf'
-    cells = []
-    for n in readers:
-      v = get(r, f, 'readers', n)
-      cells.append(f'{num(v, f, "nll"):.4f}' if isinstance(v, dict)
-                   else '–')
-    short = {'float32': 'f32', 'float16': 'f16'}.get(get(r, f, 'dtype'),
-                                                      get(r, f, 'dtype'))
-    lines.append(f'| {"HF folder" if hf else "GGUF"} | '
-                 f'{"–" if hf else f"`{short}`"} | '
-                 f'{num(r, f, "size_mib"):.1f} | ' + ' | '.join(cells) + ' |')
-  lines += ['', f'SmolLM2-135M-Instruct, held-out NLL (nats/token) on '
-            f'{num(d, f, "records"):.0f} Shakespeare records × '
-            f'{num(d, f, "seq_len"):.0f} tokens; the float32 weights give '
-            f'{num(d, f, "reference", "nll"):.4f}. Generated from '
-            '`experiments/results/export_dtypes.json` by '
-            '`python experiments/readme_measured.py`.', '']
-  return '\n'.join(lines) + '\n'
 
 
 def row_user_level_step_benchmark(results: Results) -> list[Row]:
@@ -978,6 +1068,8 @@ RENDERERS: list[Callable[[Results], list[Row]]] = [
     row_lmo,
     row_dp_adam_ac,
     row_replay_audit,
+    row_audit_mechanism,
+    row_audit_epsilon,
     row_mutation_report,
     row_export_dtypes,
     row_llama_cpp_check,
@@ -987,9 +1079,10 @@ RENDERERS: list[Callable[[Results], list[Row]]] = [
     row_seed_model_compile,
     row_mixed_precision,
 ]
-# Other generated README blocks: (begin marker, end marker, renderer).
-BLOCKS = (('<!-- export-dtypes:begin -->', '<!-- export-dtypes:end -->',
-           export_dtype_table),)
+# Other generated README blocks: (begin marker, end marker, renderer). None
+# now: README.md keeps every measured figure in the one Measured table (issue
+# 19); other sections point to it.
+BLOCKS: tuple[tuple[str, str, Callable[[pathlib.Path | str], str]], ...] = ()
 
 
 def _cell(text: str) -> str:

@@ -141,10 +141,66 @@ def test_mutation_report_row(results_copy):
 
 
 def test_every_generated_block_matches_result_files():
-  """The export-dtype table (and any other BLOCKS) agree with their files."""
+  """Any other generated block (BLOCKS) agrees with its files."""
   text = readme_measured.README.read_text()
   assert readme_measured.render_all(text) == text, (
       'a generated README block differs from experiments/results/; run '
       'python experiments/readme_measured.py')
   for begin, end, _ in readme_measured.BLOCKS:
     assert readme_measured.split_readme(text, begin, end)[1].strip()
+
+
+def test_measured_figures_are_in_one_table():
+  """Issue 19: one Measured table, each row naming result files that exist."""
+  text = readme_measured.README.read_text()
+  _, body, _ = readme_measured.split_readme(text)
+  assert body.count('| What | Measured | File |') == 1
+  assert text.count('| What | Measured | File |') == 1
+  assert 'export-dtypes:begin' not in text
+  rows = [l for l in body.splitlines() if l.startswith('| ')][1:]
+  assert rows
+  for line in rows:
+    files = line.rstrip(' |').rsplit(' | ', 1)[1]
+    names = [n.strip().strip('`') for n in files.split(',')]
+    assert names and all(
+        (readme_measured.RESULTS_DIR / n).is_file() for n in names), line
+
+
+def test_audit_rows_come_from_the_audit_files():
+  body = readme_measured.render()
+  (white,) = [l for l in body.splitlines() if '`audit_mechanism.json`' in l]
+  assert 'correct step at claimed ε 1 / 4 / 8' in white
+  assert 'FAIL' in white and '(pass, pass, pass)' in white
+  (black,) = [l for l in body.splitlines() if '`audit_epsilon.json`' in l]
+  assert 'non-private' in black and 'No private run above its claim' in black
+  assert "'hull'" in black
+
+
+def test_audit_epsilon_row_reads_its_file(results_copy):
+  path = results_copy / 'audit_epsilon.json'
+  data = json.loads(path.read_text())
+  data['stamp'] = 'Commit 0000000000, a rerun'
+  data['runs'] = [r for r in data['runs'] if r['model'] == 'debug']
+  data['runs'][1]['epsilon_lb'] = 2.5  # above its claim of 1
+  path.write_text(json.dumps(data))
+  (line,) = [l for l in readme_measured.render(results_copy).splitlines()
+             if '`audit_epsilon.json`' in l]
+  assert 'ε_lb 2.5 / 0.276 / 0.36 at claimed PLD ε 1 / 4 / 8' in line
+  assert '1 private run above its claim' in line
+  assert "'hull'" not in line and 'smollm2' not in line
+  del data['runs'][0]['settings']['canaries']
+  path.write_text(json.dumps(data))
+  with pytest.raises(readme_measured.ResultKeyError,
+                     match=r"audit_epsilon\.json: missing key "
+                           r"'settings\.canaries'"):
+    readme_measured.render(results_copy)
+
+
+def test_audit_mechanism_row_verdicts(results_copy):
+  path = results_copy / 'audit_mechanism.json'
+  data = json.loads(path.read_text())
+  data['rows'][0]['seeds'][1]['epsilon_lb'] = 1.5  # a correct row failing
+  path.write_text(json.dumps(data))
+  (line,) = [l for l in readme_measured.render(results_copy).splitlines()
+             if '`audit_mechanism.json`' in l]
+  assert 'max ε_lb 1.5 / 0.518 / 1.03 (FAIL in 1 of 3, pass, pass)' in line
