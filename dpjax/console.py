@@ -5,7 +5,9 @@ parameters, N, q, sigma, C, delta, target epsilon, where the outputs go), a
 progress line per `train.log_every` (step/total, steps per second, ETA,
 epsilon so far with its accountant and kind, the latest held-out loss), an
 evaluation line per evaluation and the end summary (epsilon, held-out loss
-before -> after, the files written). The privacy report prints itself.
+before -> after, the files written). Before the end line, the privacy block
+(`dpjax.reporting.format_summary`: every accountant's epsilon with delta,
+kind, sampling, relation and unit) and the path of the whole report.
 
 Logging (`setup_logging`, called by `dpjax.main`): the log records of the
 libraries (orbax, absl, gguf, JAX's backend probe...) and dpjax's own INFO

@@ -445,6 +445,28 @@ def format_text(report: dict[str, Any]) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def format_summary(report: dict[str, Any], path: str) -> str:
+  """The console's privacy block: the warnings, the epsilon table (every
+  accountant with delta, kind, sampling, neighbouring relation and unit),
+  the audit and where the whole report is (`path`, privacy_report.txt:
+  randomness, mechanism, evaluation and threat model)."""
+  lines = []
+  insecure = report.get('insecure_fixed_randomness')
+  if insecure:
+    lines.append('*** ' + insecure['warning'] + ' ***')
+  if report.get('formally_private') is False:
+    lines.append('*** ' + report['notes'][0] + ' ***')
+  if report['private']:
+    lines.append(acc_report.format_report(report['privacy']))
+  else:
+    lines.append('NON-PRIVATE RUN: epsilon = infinity (no guarantee).')
+  if report.get('audit'):
+    lines += _audit_lines(report['audit'])[1:]
+  lines.append(f'The whole report (randomness, mechanism, evaluation, what '
+               f'epsilon does not cover): {path}')
+  return '\n'.join(lines)
+
+
 def write_report(workdir: str, plan, ledger, sampler, final,
                  accountants=('pld', 'rdp', 'edgeworth'),
                  extra_rows=None, mechanism_notes=None, *,
@@ -452,7 +474,9 @@ def write_report(workdir: str, plan, ledger, sampler, final,
                  skip_padding_microbatches: bool = False,
                  clipping: dict[str, Any] | None = None,
                  audit: dict[str, Any] | None = None) -> dict[str, Any]:
-  """Writes `privacy_report.json` and `privacy_report.txt`; returns the dict.
+  """Writes `privacy_report.json` and `privacy_report.txt`; returns the dict
+  (the console shows `format_summary`; `dpjax report WORKDIR` prints the
+  whole text).
 
   Arguments as in `build_report`.
   """
@@ -464,7 +488,6 @@ def write_report(workdir: str, plan, ledger, sampler, final,
                 json.dumps(report, indent=2, default=_default))
   text = format_text(report)
   _atomic_write(os.path.join(workdir, 'privacy_report.txt'), text)
-  print(text, flush=True)
   return report
 
 

@@ -488,6 +488,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           model.module, jax.device_get(model.combine(raw_host, frozen_host)),
           plan, export_formats=config.export.formats))
   writer.close()
+  console.emit(reporting.format_summary(
+      report, os.path.join(workdir, 'privacy_report.txt')))
   if config.plot:
     metrics_lib.plot_run(os.path.join(workdir, 'metrics.jsonl'),
                          os.path.join(workdir, 'training.png'))

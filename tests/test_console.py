@@ -67,7 +67,7 @@ def test_console_has_no_library_info_lines(debug_run):
 
 
 def test_each_event_is_printed_once(debug_run):
-  _, out, _ = debug_run
+  workdir, out, _ = debug_run
   lines = out.splitlines()
   progress = [l for l in lines if l.startswith('step ')]
   assert [l.split()[1] for l in progress] == ['2/6', '4/6', '6/6']
@@ -91,6 +91,15 @@ def test_each_event_is_printed_once(debug_run):
                'tensorboard/', 'dpjax.log'):
     assert name in end, name
   assert lines.index(start) < lines.index(progress[0]) < lines.index(end)
+  # The privacy block: every accountant's row, then where the rest is; the
+  # whole report (threat model, mechanism) stays in its file.
+  (where,) = [i for i, l in enumerate(lines) if l.startswith('The whole report')]
+  assert where < lines.index(end)
+  assert lines[where].endswith(os.path.join(workdir, 'privacy_report.txt'))
+  for acc in ('pld', 'rdp', 'edgeworth'):
+    assert any(l.startswith(f'  {acc} ') for l in lines[:where]), acc
+  assert 'Threat model:' not in out and 'Threat model:' in open(
+      os.path.join(workdir, 'privacy_report.txt')).read()
 
 
 def test_log_file_holds_the_library_lines(debug_run):
