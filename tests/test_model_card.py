@@ -14,23 +14,13 @@ from dpjax import model_setup
 from dpjax import reporting
 from dpjax.accounting.ledger import PrivacyLedger
 from dpjax.models import gguf_io
+from tests.test_reporting import _plan  # the same plan as the report tests
 
 N = 2000
 UNIT = 'one packed sequence of 16 tokens of Shakespeare'
 OS_ENTROPY = {'source': 'os_entropy', 'insecure_fixed_randomness_seed': None,
               'secret_state': 'deleted when the run completed'}
 FINAL = {'eval_loss': 4.1, 'eval_loss_ema': 4.0, 'eval_loss_initial': 4.5}
-
-
-def _plan(**overrides):
-  fields = dict(
-      enabled=True, sampling='poisson', neighbouring='add_remove',
-      dataset_size=N, expected_batch_size=40.0, q=40.0 / N,
-      noise_multiplier=1.1, l2_clip_norm=1.0, clip_norm=1.0, delta=1e-5,
-      accountant='pld', calibrated_for_epsilon=None, batch_schedule=None,
-      mechanism='gaussian', clip_norm_ord=2)
-  fields.update(overrides)
-  return types.SimpleNamespace(**fields)
 
 
 def _write_report(workdir, plan=None, **kw):
