@@ -222,14 +222,15 @@ class Progress:
     return (step - s0) / max(now - t0, 1e-9)
 
   def line(self, step: int, eps_record: dict[str, Any], *,
-           heldout: tuple[int, float] | None = None,
+           heldout: tuple[int, float] | tuple[int, float, int] | None = None,
            private: dict[str, float] | None = None) -> str:
     """One progress line (not printed: `Console.progress` prints it).
 
     Args:
       step: the step just taken.
       eps_record: the metrics line's epsilon fields (`check_eps_record`).
-      heldout: (step, loss) of the latest held-out evaluation, or None.
+      heldout: (step, loss) or (step, loss, records evaluated) of the latest
+        held-out evaluation, or None.
       private: statistics of private batches to show, labelled NOT covered by
         epsilon; only when `train.log_nonprivate_stats` (or non-private).
 
@@ -252,7 +253,8 @@ class Progress:
            f'{rate:.3g} steps/s' + (' (incl. start-up)' if first else '') +
            f'  ETA {_duration(eta)}  eps so far {eps}')
     if heldout is not None and math.isfinite(heldout[1]):
-      msg += f'  held-out loss {heldout[1]:.4f} (step {heldout[0]})'
+      on = f', {heldout[2]} records' if len(heldout) > 2 else ''
+      msg += f'  held-out loss {heldout[1]:.4f} (step {heldout[0]}{on})'
     if private:
       stats = ', '.join(f'{k} {float(v):.4g}' for k, v in private.items())
       msg += f'  private batch: {stats} ({PRIVATE_LABEL})'

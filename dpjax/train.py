@@ -382,7 +382,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     writer.write(step, ev)
     last_eval.clear()
     last_eval.update(ev, step=step)
-    heldout = (step, ev.get('eval_subset_loss', ev.get('eval_loss')))
+    # The progress lines follow one set: the subset when there is one.
+    heldout = ((step, ev['eval_subset_loss'], ev['eval_subset_records'])
+               if 'eval_subset_loss' in ev else
+               (step, ev['eval_loss'], n_heldout))
     console.evaluation(step, total_steps, ev, heldout_records=n_heldout)
     return ev
 

@@ -45,6 +45,8 @@ def test_progress_line_of_an_upper_bound(capsys):
                          'held-out loss 5.1200 (step 3)')
   assert 'ESTIMATE' not in line and '[' not in line
   assert 'private' not in line
+  on_subset = _progress().line(4, _bound(), heldout=(4, 4.0168, 32))
+  assert on_subset.endswith('held-out loss 4.0168 (step 4, 32 records)')
   console.Console().progress(line)
   assert capsys.readouterr().out == line + '\n'  # printed once
 
