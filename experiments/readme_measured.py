@@ -233,6 +233,45 @@ def row_quickstart(results: Results) -> list[Row]:
       (rf, mf))]
 
 
+def row_default_run(results: Results) -> list[Row]:
+  """The default run's DP / non-private gain ratio at equal steps
+  (default_run_tuning.json): the chosen setting on the reported works."""
+  f = 'default_run_tuning.json'
+  d = results.json(f)
+  chosen = get(d, f, 'chosen', 'setting')
+  runs = [r for r in get(d, f, 'runs') if r.get('returncode') == 0]
+
+  def gains(heldout, setting):
+    pair = {}
+    for r in runs:
+      if r.get('setting') == setting and r.get('heldout') == heldout:
+        pair[bool(get(r, f, 'private'))] = r
+    if set(pair) != {True, False}:
+      return None
+    return tuple(num(pair[p], f, 'nll_initial') - num(pair[p], f, key)
+                 for key in ('nll_final', 'nll_final_ema')
+                 for p in (True, False))
+
+  rep = gains('reported', chosen)
+  if rep is None:
+    raise ResultKeyError(f'experiments/results/{f}: no DP and non-private '
+                         f'run of the chosen setting {chosen!r} on the '
+                         'reported works')
+  dp, np_, dp_ema, np_ema = rep
+  tried = sorted({r['setting'] for r in runs if r.get('heldout') == 'tuning'})
+  tuning = {s: g for s in tried if (g := gains('tuning', s)) is not None}
+  others = ', '.join(f'{s} {g[0] / g[1]:.0%}' for s, g in tuning.items())
+  mr = get(d, f, 'make_run')[-1]
+  return [Row(
+      f'Default run vs its non-private twin at equal steps ({chosen}, ε = 8)',
+      f'held-out gain (nats/token) on the reported works, not tuned on: DP '
+      f'{dp:.3f}, non-private {np_:.3f}: {dp / np_:.0%} raw, '
+      f'{dp_ema / np_ema:.0%} EMA (target ≥ 80%); tuning works, raw: '
+      f'{others}; make run {num(mr, f, "wall_s") / 60:.1f} min wall '
+      f'(load {num(mr, f, "load1_start"):.1f}–{num(mr, f, "load1_end"):.1f})',
+      (f, 'default_run_tuning.md'))]
+
+
 def _cmp(r: dict[str, Any], file: str) -> str:
   """One `compare` block: 'T× time (per-round lo–hi), M× memory'."""
   return (f'{x2(num(r, file, "time"))} time '
@@ -1055,6 +1094,7 @@ def row_llama_cpp_check(results: Results) -> list[Row]:
 
 RENDERERS: list[Callable[[Results], list[Row]]] = [
     row_quickstart,
+    row_default_run,
     row_step_benchmark,
     row_smollm2_step_benchmark,
     row_bookkeeping,

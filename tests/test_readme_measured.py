@@ -204,3 +204,24 @@ def test_audit_mechanism_row_verdicts(results_copy):
   (line,) = [l for l in readme_measured.render(results_copy).splitlines()
              if '`audit_mechanism.json`' in l]
   assert 'max ε_lb 1.5 / 0.518 / 1.03 (FAIL in 1 of 3, pass, pass)' in line
+
+
+def test_default_run_row_computes_the_ratio(results_copy):
+  path = results_copy / 'default_run_tuning.json'
+  data = json.loads(path.read_text())
+  chosen = data['chosen']['setting']
+  (dp,) = [r for r in data['runs'] if r['setting'] == chosen and
+           r['heldout'] == 'reported' and r['private']]
+  (np_,) = [r for r in data['runs'] if r['setting'] == chosen and
+            r['heldout'] == 'reported' and not r['private']]
+  # DP gains exactly half the non-private gain: the row says 50%.
+  dp['nll_final'] = dp['nll_initial'] - (np_['nll_initial'] -
+                                         np_['nll_final']) / 2
+  path.write_text(json.dumps(data))
+  (line,) = [l for l in readme_measured.render(results_copy).splitlines()
+             if '`default_run_tuning.json`' in l]
+  assert ': 50% raw,' in line and f'({chosen}, ε = 8)' in line
+  data['runs'].remove(np_)  # no non-private twin: loud
+  path.write_text(json.dumps(data))
+  with pytest.raises(readme_measured.ResultKeyError, match='reported works'):
+    readme_measured.render(results_copy)
