@@ -54,7 +54,7 @@ def _free_port() -> int:
 
 
 def _launch(n_proc: int, devices: int, workdir: str, extra=(),
-            heartbeat: int = 3) -> list[subprocess.Popen]:
+            heartbeat: int = 30) -> list[subprocess.Popen]:
   # One persistent compilation cache for all runs of this module: the
   # resumed run and the processes started later reuse earlier compilations.
   cache = os.path.join(os.path.dirname(workdir), 'jax_cache')
@@ -143,7 +143,10 @@ def runs(tmp_path_factory):
   ref_lora = _launch(1, 4, w['ref_lora'], LORA)
   p4 = _launch(4, 1, w['p4_lora'], LORA)
   # 2 x 2: kill process 1 once the first checkpoint is on disk.
-  p2 = _launch(2, 2, w['p2'], FSDP)
+  # A short heartbeat for the run whose process is killed (the survivor
+  # must stop within seconds); the others keep a long one, so a process
+  # starved of CPU on a loaded machine is not taken for dead.
+  p2 = _launch(2, 2, w['p2'], FSDP, heartbeat=3)
   deadline = time.time() + 240
   first = os.path.join(w['p2'], 'checkpoints', '3')
   while not os.path.isdir(first) and time.time() < deadline:
