@@ -229,9 +229,8 @@ def adaptive_noise(*, noise_multiplier: float, expected_batch_size,
     b_t = schedule[jnp.minimum(ctl.step, schedule.shape[0] - 1)]
     key, sub = jax.random.split(state.noise.key)
     std = state.grad_multiplier * sens * c_t
-    noise = noise_lib.tree_gaussian(sub, updates, std)
-    noised = noise_lib.cast_to_params(noise_lib.add_float32(updates, noise),
-                                      params)
+    noised = noise_lib.cast_to_params(
+        noise_lib.noised_float32(sub, updates, std), params)
 
     count_key, sub_c = jax.random.split(ctl.count_key)
     if uses_count:

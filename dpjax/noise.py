@@ -7,7 +7,9 @@ Formal guarantees:
   multiplier sigma; with Poisson sampling at rate q it is the subsampled
   Gaussian mechanism that `dpjax.accounting` composes. The key is split on
   every update and never reused; the noise is drawn once for the whole
-  (replicated) sum, so all devices add the same noise.
+  (replicated) sum, so all devices add the same noise. `noised_float32`
+  draws it per group of consecutive leaves, each group from its own key
+  split from the step's key, so the coordinates stay independent.
 
   Float32 rule: the noise is drawn in float32 and added to the float32 sum
   (an input in another dtype is first cast to float32), whatever the
@@ -80,6 +82,74 @@ def cast_to_params(tree, params=None):
   return jax.tree.map(lambda t: jnp.asarray(t).astype(jnp.float32), tree)
 
 
+_FENCE_MIN_ELEMENTS = 1 << 22
+
+
+def _fence_on() -> bool:
+  """Whether `noised_float32` fences its groups (XLA:CPU only)."""
+  return jax.default_backend() == 'cpu'
+
+
+def _fence_groups(leaves) -> list[list[int]]:
+  """Consecutive leaf indices in groups of at most max(largest leaf, 4M)
+  elements: one fence per group."""
+  sizes = [max(int(jnp.size(x)), 1) for x in leaves]
+  cap = max(sizes + [_FENCE_MIN_ELEMENTS])
+  groups, total = [], cap + 1
+  for i, n in enumerate(sizes):
+    if total + n > cap:
+      groups.append([])
+      total = 0
+    groups[-1].append(i)
+    total += n
+  return groups
+
+
+def noised_float32(key: jax.Array, updates, stddev) -> object:
+  """updates (in float32) + independent N(0, stddev^2) noise, leaf by leaf.
+
+  The leaves are taken in consecutive groups (`_fence_groups`); group j
+  gets `add_float32(us_j, tree_gaussian(k_j, us_j, stddev))` with
+  `k_j = split(key, n_groups)[j]`, so the draw is `tree_gaussian`'s (one
+  definition of the noise) and the grouping depends only on leaf sizes.
+
+  On XLA:CPU each group is computed inside a `lax.cond` whose predicate is
+  always true (`x | 1 != 0`) but not provably so to XLA: XLA:CPU has no
+  multi-output loop fusion, so without this fence the draw's consumers
+  (Adam's two moments) each recompute the end of the draw, and every
+  leaf's random bits and two erf_inv intermediates stay live at once:
+  about three parameter-sized temporaries. Fenced, a noised leaf is
+  computed once and at most a group's outputs are live beside the sum
+  (`experiments/noise_memory.py`). The other branch, never taken, returns
+  NaN rather than an un-noised value. Other backends fuse the draw with its
+  consumers and skip the fence.
+  """
+  leaves, treedef = jax.tree.flatten(updates)
+  if not leaves:
+    return updates
+  groups = _fence_groups(leaves)
+  keys = jax.random.split(key, len(groups))
+
+  def noised(k, us):
+    return add_float32(us, tree_gaussian(k, us, stddev))
+
+  def poisoned(k, us):
+    del k
+    return [jnp.full(jnp.shape(u), jnp.nan, jnp.float32) for u in us]
+
+  out = [None] * len(leaves)
+  for k, group in zip(keys, groups):
+    us = [leaves[i] for i in group]
+    if _fence_on():
+      pred = (jax.random.key_data(k).reshape(-1)[0] | 1) != 0
+      ys = jax.lax.cond(pred, noised, poisoned, k, us)
+    else:
+      ys = noised(k, us)
+    for i, y in zip(group, ys):
+      out[i] = y
+  return jax.tree.unflatten(treedef, out)
+
+
 def add_float32(updates, noise):
   """updates (cast to float32) + float32 noise, leaf by leaf (float32)."""
   return jax.tree.map(lambda u, n: jnp.asarray(u).astype(jnp.float32) + n,
@@ -112,8 +182,7 @@ def gaussian_noise(stddev: float | jax.Array,
 
   def update_fn(updates, state, params=None):
     key, sub = jax.random.split(state.key)
-    noise = tree_gaussian(sub, updates, stddev)
-    out = cast_to_params(add_float32(updates, noise), params)
+    out = cast_to_params(noised_float32(sub, updates, stddev), params)
     return out, NoiseState(key=key)
 
   return optax.GradientTransformation(init_fn, update_fn)

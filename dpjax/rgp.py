@@ -247,8 +247,8 @@ def privatize(per_example: PyTree, mask: jax.Array, *, l2_clip_norm: float,
   summed, _ = clipping.clipped_sum(per_example, mask, l2_clip_norm)
   if noise_multiplier == 0:
     return summed
-  noise = noise_lib.tree_gaussian(key, summed, noise_multiplier * l2_clip_norm)
-  return noise_lib.add_float32(summed, noise)
+  return noise_lib.noised_float32(key, summed,
+                                  noise_multiplier * l2_clip_norm)
 
 
 def full_update(params: PyTree, reconstructed: dict[str, jax.Array],

@@ -73,7 +73,7 @@ BATCHFWD_COMMIT = '36722fa'   # BK with a batch forward (the 0.86x result)
 def dp_stages(b):
   return optimizers.dp_stages(l2_clip_norm=1.0, noise_multiplier=1.0,
                               expected_batch_size=b, learning_rate=1e-3,
-                              key=jax.random.key(1), ema_decay=0.0)
+                              key=sb.noise_key(), ema_decay=0.0)
 
 
 def make_args_for(stages, trainable, frozen, batch):

@@ -93,7 +93,7 @@ def step_variant(args, dtype: str):
   config = make_config(args, dtype)
   model, data, plan, _ = run_setup.build_inputs(config)
   stages, clip_norm_fn, _ = run_setup.build_stages(config, plan,
-                                                   jax.random.key(1))
+                                                   step_benchmark.noise_key())
   tx = optimizers.chain(stages)
   step = jax.jit(run_setup.make_step(config, model, stages, plan,
                                      clip_norm_fn, run_setup.rgp_key(config),

@@ -96,7 +96,7 @@ def make_stages(batch_size: int, ema: float, private: bool):
   stages = optimizers.dp_stages(
       l2_clip_norm=CLIP, noise_multiplier=SIGMA if private else 0.0,
       expected_batch_size=batch_size, learning_rate=LR,
-      key=jax.random.key(1), optimizer='adamw', ema_decay=ema)
+      key=step_benchmark.noise_key(), optimizer='adamw', ema_decay=ema)
   if not private:
     stages = stages._replace(noise=optax.identity())
   return stages
