@@ -83,6 +83,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dpjax import bk_norms
 from dpjax import clipping
 from dpjax.models import bitnet
 from dpjax.models import layers
@@ -357,92 +358,6 @@ def check(record_loss: Callable[..., jax.Array], trainable: PyTree,
               lora_scale)
 
 
-def _seq(x, b, ids=False):
-  """[B, ..., d] -> [B, T, d] (ids: [B, ...] -> [B, T])."""
-  return x.reshape((b, -1)) if ids else x.reshape((b, -1, x.shape[-1]))
-
-
-def _f32(x):
-  return x.astype(jnp.float32)
-
-
-def _factor(path, call, saved, grads, b, flat, s):
-  """(left kind, left [B, T, n] or ids [B, T], right [B, T, d]) of one use,
-  with per-example gradient left^T right."""
-  a, g = saved[call.key], _seq(grads[call.key], b)
-  if call.kind == 'embed':
-    return 'onehot', _seq(a, b, ids=True), g
-  a = _seq(a, b)
-  if call.kind == 'attend':                   # logits = x E^T
-    return 'dense', g, a
-  name = path.rsplit('/', 1)[-1]
-  mod = path.rsplit('/', 1)[0]
-  if name == 'lora_a':                        # dA = a^T (s g B^T)
-    right = s * jnp.einsum('btd,rd->btr', _f32(g), _f32(flat[mod + '/lora_b']),
-                           precision=_HI)
-    return 'dense', a, right
-  if name == 'lora_b':                        # dB = (s a A)^T g
-    left = s * jnp.einsum('btn,nr->btr', _f32(a), _f32(flat[mod + '/lora_a']),
-                          precision=_HI)
-    return 'dense', left, g
-  return 'dense', a, g
-
-
-def _vector(path, call, saved, grads, b):
-  """Per-example gradient [B, d] of a bias or a norm scale."""
-  g = _f32(_seq(grads[call.key], b))
-  if path.endswith('/scale'):
-    g = g * _f32(_seq(saved[call.key], b))
-  return jnp.sum(g, axis=1)
-
-
-def _left_gram(u, v):
-  """[B, T_u, T_v] inner products of the left factors of two uses."""
-  (ku, lu), (kv, lv) = u, v
-  if ku == 'dense' and kv == 'dense':
-    return jnp.einsum('btn,bsn->bts', _f32(lu), _f32(lv), precision=_HI)
-  if ku == 'onehot' and kv == 'onehot':
-    return (lu[:, :, None] == lv[:, None, :]).astype(jnp.float32)
-  if ku == 'onehot':
-    return jax.vmap(lambda ids, l: _f32(l)[:, ids].T)(lu, lv)
-  return jax.vmap(lambda l, ids: _f32(l)[:, ids])(lu, lv)
-
-
-def _instantiate(fs, shape):
-  """Per-example gradient [B, n, d] of a leaf from its uses."""
-  total = 0
-  for kind, left, right in fs:
-    if kind == 'dense':
-      total = total + jnp.einsum('btn,btd->bnd', _f32(left), _f32(right),
-                                 precision=_HI)
-    else:
-      total = total + jax.vmap(
-          lambda ids, r: jnp.zeros(shape, jnp.float32).at[ids].add(_f32(r))
-      )(left, right)
-  return total
-
-
-def _sq_norms(choice, fs, shape):
-  """Per-example squared norms [B] of one factored leaf."""
-  if choice == 'instantiate':
-    return jnp.sum(_instantiate(fs, shape) ** 2, axis=(1, 2))
-  total = 0
-  for i, (ku, lu, ru) in enumerate(fs):
-    for j in range(i, len(fs)):
-      kv, lv, rv = fs[j]
-      right = jnp.einsum('btd,bsd->bts', _f32(ru), _f32(rv), precision=_HI)
-      term = jnp.sum(_left_gram((ku, lu), (kv, lv)) * right, axis=(1, 2))
-      total = total + (term if i == j else 2.0 * term)
-  return total
-
-
-def _rows(x, keep, scale=None):
-  """Rows of x (axis 0) zeroed where not `keep` and optionally scaled."""
-  shape = (-1,) + (1,) * (x.ndim - 1)
-  x = jnp.where(keep.reshape(shape), _f32(x), 0.0)
-  return x if scale is None else x * scale.reshape(shape)
-
-
 def _bk_micro(record_loss, trainable, plan_, mb, mmask, mkeys, clip_norm,
               style, gamma):
   """BK on one micro-batch: (clipped sum, norms, clipped, losses)."""
@@ -464,13 +379,15 @@ def _bk_micro(record_loss, trainable, plan_, mb, mmask, mkeys, clip_norm,
   sq, pieces = [], {}
   for path, (choice, keys) in plan_.leaves.items():
     if choice == 'vector':
-      per_ex = sum(_vector(path, calls[k], saved, grads, b) for k in keys)
+      per_ex = sum(bk_norms.vector(path, calls[k], saved, grads, b)
+                   for k in keys)
       sq.append(jnp.sum(per_ex ** 2, axis=1))
       pieces[path] = ('vector', per_ex)
     else:
-      fs = [_factor(path, calls[k], saved, grads, b, flat, plan_.lora_scale)
+      fs = [bk_norms.factor(path, calls[k], saved, grads, b, flat,
+                            plan_.lora_scale)
             for k in keys]
-      sq.append(_sq_norms(choice, fs, flat[path].shape))
+      sq.append(bk_norms.sq_norms(choice, fs, flat[path].shape))
       pieces[path] = ('factor', fs)
   factors, norms, clipped = clipping.style_clip_factors(
       jnp.sqrt(jnp.stack(sq, axis=1)), mmask, clip_norm, style=style,
@@ -486,16 +403,16 @@ def _bk_micro(record_loss, trainable, plan_, mb, mmask, mkeys, clip_norm,
       continue
     total = jnp.zeros(shape, jnp.float32)
     for lk, left, right in val:
-      right = _rows(right, keep, c)
+      right = bk_norms.rows(right, keep, c)
       if lk == 'dense':
-        total = total + jnp.einsum('btn,btd->nd', _rows(left, keep), right,
-                                   precision=_HI)
+        total = total + jnp.einsum('btn,btd->nd', bk_norms.rows(left, keep),
+                                   right, precision=_HI)
       else:
         total = total.at[left.reshape(-1)].add(
             right.reshape((-1, right.shape[-1])))
     out.append(total)
   summed = jax.tree.unflatten(jax.tree.structure(trainable), out)
-  return summed, norms, clipped, _f32(losses)
+  return summed, norms, clipped, bk_norms.f32(losses)
 
 
 def _run(record_loss, trainable, batch, mask, keys, *, clip_norm,

@@ -171,9 +171,9 @@ MUTATIONS = [
        'a contribution of norm up to 2C',
        [_T_CLIP + '::test_every_style_has_sensitivity_c_and_reaches_it',
         _T_CLIP + '::test_clip_styles_equal_loop']),
-    # Book-keeping (dpjax/bookkeeping.py): the same sum without per-example
+    # Book-keeping (dpjax/bookkeeping.py, bk_norms.py): the same sum without per-example
     # gradients; its norms must include every use of a shared weight.
-    _m('bk_tied_cross_term_dropped', 'dpjax/bookkeeping.py',
+    _m('bk_tied_cross_term_dropped', 'dpjax/bk_norms.py',
        'total = total + (term if i == j else 2.0 * term)',
        'total = total + (term if i == j else 0.0 * term)',
        'wrong_sensitivity', 'book-keeping norms of a tied embedding miss the '

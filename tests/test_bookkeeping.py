@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dpjax import bk_norms
 from dpjax import bookkeeping as bk
 from dpjax import clipping
 from dpjax import models
@@ -262,8 +263,8 @@ def test_planted_bugs_are_caught(monkeypatch):
   breaks the equality."""
   case = _case('llama_tied')
   ref = case.ref('flat')
-  real = bk._sq_norms
-  monkeypatch.setattr(bk, '_sq_norms', lambda choice, fs, shape: sum(
+  real = bk_norms.sq_norms
+  monkeypatch.setattr(bk_norms, 'sq_norms', lambda choice, fs, shape: sum(
       real(choice, [f], shape) for f in fs))
   out = case.bk(method='gram')
   assert np.max(np.abs(out[2] - ref[2]) / ref[2]) > 1e-3
