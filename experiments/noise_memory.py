@@ -24,44 +24,24 @@ experiments/results/noise_memory.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bookkeeping_benchmark as bkb  # pylint: disable=g-import-not-at-top
+import smollm2_step_benchmark as smollm2  # pylint: disable=g-import-not-at-top
 import step_benchmark as sb  # pylint: disable=g-import-not-at-top
-from dpjax import models  # pylint: disable=g-import-not-at-top
 from dpjax import noise  # pylint: disable=g-import-not-at-top
-from dpjax.data import packing, shakespeare  # pylint: disable=g-import-not-at-top
-from dpjax.models import peft, pretrained  # pylint: disable=g-import-not-at-top
 
 
 def build():
-  family, cfg, params, tok = pretrained.load_smollm2()
-  module, cfg = models.build_model(family, **{
-      k: v for k, v in cfg.__dict__.items() if k != 'family'})
-  params = jax.tree.map(jnp.asarray, params)
-  texts, _ = shakespeare.load_split()
-  data = packing.pack_causal_lm([tok.encode(texts[0])], 64,
-                                eos_id=tok.eos_id, pad_id=tok.pad_id)
-  batch = {k: jnp.asarray(v[:16]) for k, v in data.items()}
-  spec = peft.Peft(mode='full')
-  trainable, frozen = spec.split(params, jax.random.key(0))
-
-  def loss(t, f, ex, key):
-    del key
-    logits = module.apply({'params': spec.combine(t, f)},
-                          ex['inputs'][None])[0]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                         ex['targets'])
-    return jnp.sum(ce * ex['weights']) / jnp.sum(ex['weights'])
+  """(loss, trainable, frozen, batch) of the SmolLM2 step benchmark, full."""
+  module, params, batch = smollm2.load(16, 64)
+  loss, trainable, frozen = smollm2.record_loss(module, params, 'full')
   return loss, trainable, frozen, batch
 
 

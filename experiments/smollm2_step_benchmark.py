@@ -119,6 +119,37 @@ def markdown(result: dict) -> str:
   return '\n'.join(lines)
 
 
+def load(batch_size: int, seq: int):
+  """(module, float32 params, batch) of SmolLM2-135M-Instruct and
+  `batch_size` packed `seq`-token records of Shakespeare."""
+  family, cfg, params, tok = pretrained.load_smollm2()
+  module, cfg = models.build_model(family, **{
+      k: v for k, v in cfg.__dict__.items() if k != 'family'})
+  params = jax.tree.map(jnp.asarray, params)
+  train_texts, _ = shakespeare.load_split()
+  data = packing.pack_causal_lm([tok.encode(train_texts[0])], seq,
+                                eos_id=tok.eos_id, pad_id=tok.pad_id)
+  return module, params, {k: jnp.asarray(v[:batch_size])
+                          for k, v in data.items()}
+
+
+def record_loss(module, params, mode: str):
+  """(loss(trainable, frozen, example, key), trainable, frozen) for a PEFT
+  mode ('lora': rank LORA_RANK on LORA_TARGETS; 'full')."""
+  spec = peft.Peft(mode=mode, rank=LORA_RANK, alpha=LORA_ALPHA,
+                   targets=LORA_TARGETS)
+  trainable, frozen = spec.split(params, jax.random.key(0))
+
+  def loss(t, f, ex, key):
+    del key
+    logits = module.apply({'params': spec.combine(t, f)},
+                          ex['inputs'][None])[0]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                         ex['targets'])
+    return jnp.sum(ce * ex['weights']) / jnp.sum(ex['weights'])
+  return loss, trainable, frozen
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument('--out', default=os.path.join(
@@ -151,14 +182,7 @@ def main():
             if args.noised_microbatches else ())
   t0 = time.perf_counter()
 
-  family, cfg, params, tok = pretrained.load_smollm2()
-  module, cfg = models.build_model(family, **{
-      k: v for k, v in cfg.__dict__.items() if k != 'family'})
-  params = jax.tree.map(jnp.asarray, params)
-  train_texts, _ = shakespeare.load_split()
-  data = packing.pack_causal_lm([tok.encode(train_texts[0])], args.seq,
-                                eos_id=tok.eos_id, pad_id=tok.pad_id)
-  batch = {k: jnp.asarray(v[:args.batch]) for k, v in data.items()}
+  module, params, batch = load(args.batch, args.seq)
 
   results = {'setup': {
       'model': 'SmolLM2-135M-Instruct', 'modes': args.modes.split(','),
@@ -175,17 +199,7 @@ def main():
                                          ap.get_default('rounds'), args.note),
       **step_benchmark.run_info()}}
   for mode in args.modes.split(','):
-    spec = peft.Peft(mode=mode, rank=LORA_RANK, alpha=LORA_ALPHA,
-                     targets=LORA_TARGETS)
-    trainable, frozen = spec.split(params, jax.random.key(0))
-
-    def loss(t, f, ex, key, spec=spec):
-      del key
-      logits = module.apply({'params': spec.combine(t, f)},
-                            ex['inputs'][None])[0]
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                           ex['targets'])
-      return jnp.sum(ce * ex['weights']) / jnp.sum(ex['weights'])
+    loss, trainable, frozen = record_loss(module, params, mode)
 
     fns = step_benchmark.variants(loss, trainable, frozen, batch,
                                   microbatches=tuple(sorted(set(mbs) |
